@@ -1,0 +1,74 @@
+"""Emit a torch.nn.Module from the graph IR: one torch module per op node, grouped by unit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import networkx as nx
+from torch import nn
+
+from .modules import DenseBlock, DenseLayer, DenseNet, GlobalAvgPool, Transition, initialise
+
+
+def _nd(name: str, rank: int) -> type[nn.Module]:
+    return getattr(nn, f"{name}{rank}d")
+
+
+def _conv(node: dict, c_in: int, rank: int) -> nn.Module:
+    a = node["args"]
+    return _nd("Conv", rank)(c_in, node["shape"][0], a["kernel"], a["stride"], a["padding"], bias=False)
+
+
+def _pool(kind: str) -> Callable[[dict, int, int], nn.Module]:
+    def make(node: dict, c_in: int, rank: int) -> nn.Module:
+        a = node["args"]
+        return _nd(kind, rank)(a["kernel"], a["stride"], a["padding"])
+
+    return make
+
+
+FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
+    "conv": _conv,
+    "norm": lambda node, c_in, rank: _nd("BatchNorm", rank)(c_in),
+    "relu": lambda node, c_in, rank: nn.ReLU(inplace=True),
+    "dropout": lambda node, c_in, rank: nn.Dropout(node["args"]["p"]),
+    "maxpool": _pool("MaxPool"),
+    "avgpool": _pool("AvgPool"),
+    "global_pool": lambda node, c_in, rank: GlobalAvgPool(),
+    "linear": lambda node, c_in, rank: nn.Linear(c_in, node["shape"][0]),
+}
+
+
+def emit(g: nx.DiGraph) -> nn.Module:
+    """The plain lowering: dense blocks concatenate their features (torchvision's layout and names)."""
+    rank = len(g.nodes["input"]["shape"]) - 1
+    features = nn.Sequential()
+    classifier: nn.Module | None = None
+    blocks: dict[str, DenseBlock] = {}
+    for n in nx.topological_sort(g):
+        node = g.nodes[n]
+        if node["module"] is None:
+            continue
+        (pred,) = g.predecessors(n)
+        module = FACTORIES[node["op"]](node, g.nodes[pred]["shape"][0], rank)
+        path = node["module"].split(".")
+        unit, leaf = node["unit"], path[-1]
+        if path == ["classifier"]:
+            classifier = module
+        elif unit.startswith("denseblock"):
+            block = blocks.get(unit)
+            if block is None:
+                block = blocks[unit] = DenseBlock()
+                features.add_module(unit, block)
+            if node["layer"] not in block:
+                block[node["layer"]] = DenseLayer()
+            block[node["layer"]].add_module(leaf, module)
+        elif unit.startswith("transition"):
+            if not hasattr(features, unit):
+                features.add_module(unit, Transition())
+            getattr(features, unit).add_module(leaf, module)
+        else:
+            features.add_module(leaf, module)
+    model = DenseNet(features, classifier)
+    initialise(model)
+    return model

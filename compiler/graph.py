@@ -1,0 +1,191 @@
+"""Lower a validated spec to the graph IR: a networkx DiGraph with a node per operation.
+
+Every dense connection is an edge: layer j of a block has j inputs (the block's input and each
+earlier layer's new features), concatenated in order (edge attribute `index`). Node attributes:
+
+    op       conv | norm | relu | dropout | maxpool | avgpool | global_pool | linear | concat | input
+    module   the dotted name of the torch module that carries it out (None for input and concat)
+    unit     stem | denseblockN | transitionN | head (the part of the network it belongs to)
+    layer    denselayerN inside a dense block, else None
+    args     what the op needs: channels, kernel, stride, padding, p, ...
+    span     where the spec wrote it, for diagnostics
+
+`passes.infer` then adds `shape` (channels, *spatial), `params` and `macs` to every node.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from dsl import DnetError, spec
+
+from .passes import infer
+
+ROOT = "features"
+
+
+class _Builder:
+    def __init__(self, network: spec.Network) -> None:
+        self.g = nx.DiGraph(name=network.name, network=network, units={})
+        self.rank = len(network.input.size)
+        self.g.add_node("input", op="input", module=None, unit="input", layer=None, args={}, span=network.input.span)
+        self.last = "input"
+
+    def node(self, path: str, op: str, unit: str, span, layer: str | None = None, module: bool = True, **args) -> str:
+        if path in self.g:
+            raise AssertionError(f"duplicate node {path}")
+        self.g.add_node(path, op=op, module=path if module else None, unit=unit, layer=layer, args=args, span=span)
+        return path
+
+    def chain(self, path: str, op: str, unit: str, span, layer: str | None = None, **args) -> str:
+        """Add a node fed by the current end of the chain."""
+        n = self.node(path, op, unit, span, layer, **args)
+        self.g.add_edge(self.last, n, index=0)
+        self.last = n
+        return n
+
+    def concat(self, path: str, inputs: list[str], unit: str, span, layer: str | None = None) -> str:
+        n = self.node(path, "concat", unit, span, layer, module=False)
+        for i, src in enumerate(inputs):
+            self.g.add_edge(src, n, index=i)
+        self.last = n
+        return n
+
+    def stem(self, part: spec.Stem) -> None:
+        self.g.graph["units"]["stem"] = {"kind": "stem"}
+        names = {
+            "conv": "conv",
+            "norm": "norm",
+            "relu": "relu",
+            "maxpool": "pool",
+            "avgpool": "pool",
+            "dropout": "drop",
+        }
+        seen: dict[str, int] = {}
+        for op in part.ops:
+            base = names[op.kind]
+            seen[base] = seen.get(base, 0) + 1
+            name = f"{base}0" if seen[base] == 1 else f"{base}0_{seen[base]}"
+            self.chain(f"{ROOT}.{name}", op.kind, "stem", op.span, **self.args(op))
+
+    def args(self, op: spec.Node) -> dict:
+        if isinstance(op, spec.Conv):
+            k = self.dims(op.kernel, op, "kernel")
+            pad = self.dims(op.padding, op, "padding") if op.padding is not None else tuple(x // 2 for x in k)
+            return {"channels": op.channels, "kernel": k, "stride": self.dims(op.stride, op, "stride"), "padding": pad}
+        if isinstance(op, spec.MaxPool | spec.AvgPool):
+            k = self.dims(op.kernel, op, "kernel")
+            stride = self.dims(op.stride, op, "stride") if op.stride is not None else k
+            return {"kernel": k, "stride": stride, "padding": self.dims(op.padding, op, "padding")}
+        if isinstance(op, spec.Dropout):
+            return {"p": op.p}
+        return {}
+
+    def dims(self, value: int | tuple[int, ...], op: spec.Node, what: str) -> tuple[int, ...]:
+        if isinstance(value, int):
+            return (value,) * self.rank
+        if len(value) != self.rank:
+            raise DnetError(
+                f"`{op.kind}` {what} {'x'.join(map(str, value))} has {len(value)} sizes, but the input has "
+                f"{self.rank} spatial dimension{'s' if self.rank > 1 else ''}",
+                op.span,
+                help=f"write {'x'.join(str(value[0]) for _ in range(self.rank))}, or a single number",
+            )
+        return tuple(value)
+
+    def dense(self, part: spec.DenseBlock, b: int) -> None:
+        unit = f"denseblock{b}"
+        self.g.graph["units"][unit] = {
+            "kind": "dense",
+            "layers": part.layers,
+            "growth": part.growth,
+            "bottleneck": part.bottleneck,
+            "dropout": part.dropout,
+        }
+        prefix = f"{ROOT}.{unit}"
+        features = [self.last]
+        for i in range(1, part.layers + 1):
+            layer = f"denselayer{i}"
+            p = f"{prefix}.{layer}"
+            self.concat(f"{p}.cat", list(features), unit, part.span, layer)
+            convs = (
+                [("1", {"channels": part.bottleneck * part.growth, "kernel": (1,) * self.rank})]
+                if part.bottleneck
+                else []
+            )
+            convs.append((str(len(convs) + 1), {"channels": part.growth, "kernel": (3,) * self.rank}))
+            for n, conv in convs:
+                self.chain(f"{p}.norm{n}", "norm", unit, part.span, layer)
+                self.chain(f"{p}.relu{n}", "relu", unit, part.span, layer)
+                k = conv["kernel"]
+                self.chain(
+                    f"{p}.conv{n}",
+                    "conv",
+                    unit,
+                    part.span,
+                    layer,
+                    stride=(1,) * self.rank,
+                    padding=tuple(x // 2 for x in k),
+                    **conv,
+                )
+                if part.dropout > 0:
+                    self.chain(f"{p}.drop{n}", "dropout", unit, part.span, layer, p=part.dropout)
+            features.append(self.last)
+        self.concat(f"{prefix}.cat", features, unit, part.span)
+
+    def transition(self, part: spec.Transition, t: int) -> None:
+        unit = f"transition{t}"
+        self.g.graph["units"][unit] = {"kind": "transition", "compression": part.compression, "dropout": part.dropout}
+        p = f"{ROOT}.{unit}"
+        one, two = (1,) * self.rank, (2,) * self.rank
+        self.chain(f"{p}.norm", "norm", unit, part.span)
+        self.chain(f"{p}.relu", "relu", unit, part.span)
+        self.chain(
+            f"{p}.conv",
+            "conv",
+            unit,
+            part.span,
+            compression=part.compression,
+            kernel=one,
+            stride=one,
+            padding=(0,) * self.rank,
+        )
+        if part.dropout > 0:
+            self.chain(f"{p}.drop", "dropout", unit, part.span, p=part.dropout)
+        self.chain(f"{p}.pool", "avgpool", unit, part.span, kernel=two, stride=two, padding=(0,) * self.rank)
+
+    def head(self, part: spec.Head, blocks: int) -> None:
+        n = blocks + 1
+        self.g.graph["units"]["head"] = {"kind": "head"}
+        for op in part.ops:
+            self.chain(f"{ROOT}.norm{n}", "norm", "head", op.span)
+            self.chain(f"{ROOT}.relu{n}", "relu", "head", op.span)
+            self.chain(f"{ROOT}.pool{n}", "global_pool", "head", op.span)
+            self.chain("classifier", "linear", "head", op.span, channels=op.classes)
+
+
+def build_graph(network: spec.Network) -> nx.DiGraph:
+    """The graph IR of a network, shapes, parameters and multiply-adds inferred at every node."""
+    try:
+        return _build(network)
+    except DnetError as e:
+        raise network.locate(e) from None
+
+
+def _build(network: spec.Network) -> nx.DiGraph:
+    b = _Builder(network)
+    blocks = transitions = 0
+    for part in network.parts:
+        if isinstance(part, spec.Stem):
+            b.stem(part)
+        elif isinstance(part, spec.DenseBlock):
+            blocks += 1
+            b.dense(part, blocks)
+        elif isinstance(part, spec.Transition):
+            transitions += 1
+            b.transition(part, transitions)
+        else:
+            b.head(part, blocks)
+    b.g.graph["output"] = b.last
+    infer(b.g)
+    return b.g

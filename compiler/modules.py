@@ -1,0 +1,65 @@
+"""The PyTorch building blocks that emitted networks are made of, named as in the paper.
+
+Dimension-agnostic: the emitter picks Conv1d/2d/3d and friends; these only wire them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class DenseLayer(nn.Module):
+    """H_l: BN-ReLU-Conv(1x1, bottleneck·k)-BN-ReLU-Conv(3x3, k) over the concatenated earlier features."""
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = torch.cat(features, 1)
+        for op in self.children():
+            x = op(x)
+        return x
+
+
+class DenseBlock(nn.ModuleDict):
+    """Feeds every layer the feature maps of all earlier layers; returns their concatenation."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class Transition(nn.Sequential):
+    """BN-ReLU-Conv(1x1, floor(θ·C))-AvgPool(2): compresses and downsamples between blocks."""
+
+
+class GlobalAvgPool(nn.Module):
+    """Average over every spatial dimension, whatever their number: (N, C, *S) -> (N, C)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=tuple(range(2, x.dim())))
+
+
+class DenseNet(nn.Module):
+    """`features` (stem, dense blocks, transitions, final norm and pooling), then `classifier`."""
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Module | None = None) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(x)
+        return self.classifier(x) if self.classifier is not None else x
+
+
+def initialise(module: nn.Module) -> None:
+    """The paper's initialisation: conv ~ N(0, sqrt(2 / (k·k·out))), BN weight 1 bias 0, Linear bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,139 @@
+"""Passes over the graph IR: shape inference, then parameter and multiply-add counts.
+
+Counts follow torchinfo's convention, so that they equal its report on the emitted module:
+a convolution's multiply-adds are its parameters times its output positions, batch norm and
+linear layers count their parameters once per sample; ReLU, pooling, dropout and concatenation
+count nothing. These are multiply-adds (MACs), not FLOPs, for one sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import networkx as nx
+
+from dsl import DnetError, spec
+
+Shape = tuple[int, ...]  # (channels, *spatial)
+
+
+def _window(node: dict, shape: Shape) -> Shape:
+    """Spatial size after a sliding window (convolution or pooling), floor mode."""
+    a = node["args"]
+    out = []
+    for s, k, st, p in zip(shape[1:], a["kernel"], a["stride"], a["padding"], strict=True):
+        if node["op"] != "conv" and 2 * p > k:
+            raise DnetError(
+                f"`{node['op']}` padding {p} is more than half its window {k}",
+                node["span"],
+                help=f"use padding <= {k // 2}",
+            )
+        out.append((s + 2 * p - k) // st + 1)
+    return tuple(out)
+
+
+def _conv(node: dict, ins: list[Shape]) -> Shape:
+    (shape,) = ins
+    a = node["args"]
+    if "compression" in a:  # a transition keeps floor(θ·C) channels
+        a["channels"] = math.floor(a["compression"] * shape[0])
+        if a["channels"] < 1:
+            raise DnetError(
+                f"compression {a['compression']} of {shape[0]} channels leaves none",
+                node["span"],
+                help="raise the compression so that at least one channel remains",
+            )
+    return (a["channels"], *_window(node, shape))
+
+
+def _same(node: dict, ins: list[Shape]) -> Shape:
+    (shape,) = ins
+    return shape
+
+
+def _pool(node: dict, ins: list[Shape]) -> Shape:
+    (shape,) = ins
+    return (shape[0], *_window(node, shape))
+
+
+def _global_pool(node: dict, ins: list[Shape]) -> Shape:
+    (shape,) = ins
+    return (shape[0],)
+
+
+def _linear(node: dict, ins: list[Shape]) -> Shape:
+    return (node["args"]["channels"],)
+
+
+def _concat(node: dict, ins: list[Shape]) -> Shape:
+    spatial = {s[1:] for s in ins}
+    if len(spatial) != 1:
+        raise DnetError(
+            "cannot concatenate feature maps of different sizes: " + ", ".join(map(_show, ins)), node["span"]
+        )
+    return (sum(s[0] for s in ins), *ins[0][1:])
+
+
+SHAPE_RULES: dict[str, Callable[[dict, list[Shape]], Shape]] = {
+    "conv": _conv,
+    "norm": _same,
+    "relu": _same,
+    "dropout": _same,
+    "maxpool": _pool,
+    "avgpool": _pool,
+    "global_pool": _global_pool,
+    "linear": _linear,
+    "concat": _concat,
+}
+
+
+def count(node: dict, ins: list[Shape], out: Shape) -> tuple[int, int]:
+    """(parameters, multiply-adds) of one node for one sample, in torchinfo's convention."""
+    op = node["op"]
+    if op == "conv":
+        params = ins[0][0] * out[0] * math.prod(node["args"]["kernel"])
+        return params, params * math.prod(out[1:])
+    if op == "norm":
+        return 2 * out[0], 2 * out[0]
+    if op == "linear":
+        params = ins[0][0] * out[0] + out[0]
+        return params, params
+    return 0, 0
+
+
+def _show(shape: Shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def infer(g: nx.DiGraph) -> None:
+    """Add `shape`, `params` and `macs` to every node, in topological order."""
+    net: spec.Network = g.graph["network"]
+    g.nodes["input"].update(shape=(net.input.channels, *net.input.size), params=0, macs=0)
+    for n in nx.topological_sort(g):
+        node = g.nodes[n]
+        if node["op"] == "input":
+            continue
+        preds = sorted(g.in_edges(n, data="index"), key=lambda e: e[2])
+        ins = [g.nodes[p]["shape"] for p, _, _ in preds]
+        out = SHAPE_RULES[node["op"]](node, ins)
+        if any(s < 1 for s in out[1:]):
+            unit = node["unit"]
+            raise DnetError(
+                f"the feature maps shrink below 1 at `{unit}`: {_show(ins[0][1:])} -> {_show(out[1:])}",
+                node["span"],
+                help="use a larger input, or fewer downsampling steps (transitions, strides, pools)",
+            )
+        if out[0] > spec.MAX_CHANNELS:
+            raise DnetError(
+                f"`{unit_of(node)}` reaches {out[0]} channels, more than dnetc builds ({spec.MAX_CHANNELS})",
+                node["span"],
+            )
+        node["shape"] = out
+        node["params"], node["macs"] = count(node, ins, out)
+    g.graph["params"] = sum(d["params"] for _, d in g.nodes(data=True))
+    g.graph["macs"] = sum(d["macs"] for _, d in g.nodes(data=True))
+
+
+def unit_of(node: dict) -> str:
+    return node["unit"] if node["layer"] is None else f"{node['unit']}.{node['layer']}"

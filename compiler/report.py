@@ -1,0 +1,108 @@
+"""Reports read off the graph IR alone: the one-line summary, the per-unit table, JSON, the zoo table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+
+CONVENTION = (
+    "MACs are multiply-adds for one sample, in torchinfo's convention: a convolution counts its "
+    "parameters times its output positions, batch norm and linear layers their parameters; ReLU, "
+    "pooling and concatenation count nothing. FLOPs are about twice the MACs."
+)
+
+
+def size(shape: tuple[int, ...]) -> str:
+    """Spatial sizes as 32x32; a pooled vector has none, shown as a dash."""
+    return "x".join(map(str, shape)) or "-"
+
+
+def one_line(g: nx.DiGraph) -> str:
+    inp, out = g.nodes["input"]["shape"], g.nodes[g.graph["output"]]["shape"]
+    counts = f"{g.graph['params']:,} params, {g.graph['macs']:,} MACs"
+    return f"{g.graph['name']}: {counts}, input {size(inp)} -> output {size(out)}"
+
+
+def units(g: nx.DiGraph) -> list[dict[str, Any]]:
+    """One row per part of the network (stem, each dense block and transition, head)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for n in nx.topological_sort(g):
+        node = g.nodes[n]
+        if node["op"] == "input":
+            continue
+        unit = node["unit"]
+        row = rows.get(unit)
+        if row is None:
+            (pred, *_) = sorted(g.predecessors(n), key=lambda p: g.edges[p, n]["index"])
+            shape = g.nodes[pred]["shape"]
+            row = rows[unit] = {
+                "name": unit,
+                **g.graph["units"][unit],
+                "channels_in": shape[0],
+                "size_in": list(shape[1:]),
+                "params": 0,
+                "mult_adds": 0,
+            }
+        row["channels_out"] = node["shape"][0]
+        row["size_out"] = list(node["shape"][1:])
+        row["params"] += node["params"]
+        row["mult_adds"] += node["macs"]
+    return list(rows.values())
+
+
+def to_json(g: nx.DiGraph) -> dict[str, Any]:
+    net = g.graph["network"]
+    return {
+        "name": g.graph["name"],
+        "file": net.file,
+        "parameters": net.parameters,
+        "params": g.graph["params"],
+        "mult_adds": g.graph["macs"],
+        "input": list(g.nodes["input"]["shape"]),
+        "output": list(g.nodes[g.graph["output"]]["shape"]),
+        "blocks": units(g),
+        "convention": CONVENTION,
+    }
+
+
+def unit_table(g: nx.DiGraph) -> str:
+    """A fixed-width table of the units, with totals."""
+    head = ("unit", "layers", "k", "channels", "size", "params", "MACs")
+    rows = [head]
+    for u in units(g):
+        size_text = size(tuple(u["size_in"])) + (
+            f" -> {size(tuple(u['size_out']))}" if u["size_out"] != u["size_in"] else ""
+        )
+        rows.append(
+            (
+                u["name"],
+                str(u.get("layers", "")),
+                str(u.get("growth", "")),
+                f"{u['channels_in']} -> {u['channels_out']}",
+                size_text,
+                f"{u['params']:,}",
+                f"{u['mult_adds']:,}",
+            )
+        )
+    rows.append(("total", "", "", "", "", f"{g.graph['params']:,}", f"{g.graph['macs']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    right = {1, 2, 5, 6}
+
+    def fmt(r: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(rows[0]), rule, *map(fmt, rows[1:-1]), rule, fmt(rows[-1])]).rstrip()
+
+
+def zoo_table(graphs: list[nx.DiGraph]) -> str:
+    """The README's zoo table, in Markdown."""
+    lines = ["| model | input | params | MACs |", "|---|---|---:|---:|"]
+    for g in graphs:
+        lines.append(
+            f"| `{g.graph['name']}` | {size(g.nodes['input']['shape'])} | {g.graph['params']:,} | {g.graph['macs']:,} |"
+        )
+    return "\n".join(lines)

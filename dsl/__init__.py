@@ -1,0 +1,19 @@
+"""The .dnet language: parse and validate a spec into a `Network` (no torch needed here)."""
+
+from .errors import DnetError, Span
+from .instantiate import Override
+from .loader import load, parse, parse_overrides, resolve, zoo_dir, zoo_names
+from .spec import Network
+
+__all__ = [
+    "DnetError",
+    "Network",
+    "Override",
+    "Span",
+    "load",
+    "parse",
+    "parse_overrides",
+    "resolve",
+    "zoo_dir",
+    "zoo_names",
+]

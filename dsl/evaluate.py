@@ -1,0 +1,433 @@
+"""Evaluate a network definition: bind parameters, compute expressions, unroll repetition.
+
+The result is a validated `spec.Network`. Nothing here runs Python from a spec: expressions
+are interpreted over numbers and lists by the small set of rules below.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import ast, spec
+from .errors import DnetError, Span, did_you_mean
+
+MAX_INT = 1 << 62
+MAX_LIST = 10_000
+
+Value = int | float | bool | None | list | tuple
+
+
+def show(value: Any) -> str:
+    """A value as the language writes it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, tuple):
+        return "x".join(show(v) for v in value)
+    if isinstance(value, list):
+        items = ", ".join(show(v) for v in value[:8])
+        return f"[{items}{', ...' if len(value) > 8 else ''}]"
+    return str(value)
+
+
+def kind_of(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, tuple):
+        return "a size"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
+
+
+def render(e: ast.Expr, subst: Callable[[str], Any] | None = None, outer: int = 0) -> str:
+    """An expression as text; with `subst`, names are replaced by their values."""
+    if isinstance(e, ast.Num | ast.Dims):
+        return e.text
+    if isinstance(e, ast.Const):
+        return show(e.value)
+    if isinstance(e, ast.Name):
+        return show(subst(e.id)) if subst else e.id
+    if isinstance(e, ast.BinOp):
+        p = _PRECEDENCE[e.op]
+        text = f"{render(e.left, subst, p)} {e.op} {render(e.right, subst, p + 1)}"
+        return f"({text})" if p < outer else text
+    if isinstance(e, ast.Unary):
+        return f"{e.op}{render(e.operand, subst, 3)}"
+    if isinstance(e, ast.ListExpr):
+        return "[" + ", ".join(render(i, subst) for i in e.items) + "]"
+    if isinstance(e, ast.Index):
+        return f"{render(e.target, subst, 3)}[{render(e.index, subst)}]"
+    if isinstance(e, ast.Function):
+        return f"{e.name}(" + ", ".join(render(a, subst) for a in e.args) + ")"
+    raise TypeError(e)
+
+
+def _number(v: Any, e: ast.Expr, what: str) -> int | float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise DnetError(f"{what} needs a number, but `{render(e)}` is {kind_of(v)} ({show(v)})", e.span)
+    return v
+
+
+def _checked(v: int | float, e: ast.Expr) -> int | float:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise DnetError(f"`{render(e)}` is not a finite number", e.span, label="overflows here")
+    if isinstance(v, int) and abs(v) > MAX_INT:
+        raise DnetError(f"`{render(e)}` is too large ({len(str(v))} digits)", e.span, label="too large")
+    return v
+
+
+def _whole(v: Any, e: ast.Expr, what: str) -> int:
+    v = _number(v, e, what)
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise DnetError(f"{what} needs an integer, but `{render(e)}` is {show(v)}", e.span)
+        return int(v)
+    return v
+
+
+def _range(args: list, f: ast.Function) -> list[int]:
+    bounds = [_whole(a, x, "range") for a, x in zip(args, f.args, strict=True)]
+    if not 1 <= len(bounds) <= 2:
+        raise DnetError("range takes one or two integers: range(n) or range(start, stop)", f.span)
+    r = range(*bounds)
+    if len(r) > MAX_LIST:
+        raise DnetError(f"range of {len(r)} items is too long (at most {MAX_LIST})", f.span)
+    return list(r)
+
+
+def _min_max(pick: Callable) -> Callable[[list, ast.Function], Any]:
+    def apply(args: list, f: ast.Function) -> Any:
+        values = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+        if not values:
+            raise DnetError(f"{f.name} of nothing", f.span)
+        for v in values:
+            _number(v, f, f.name)
+        return pick(values)
+
+    return apply
+
+
+def _one_number(fn: Callable[[float], int]) -> Callable[[list, ast.Function], Any]:
+    def apply(args: list, f: ast.Function) -> Any:
+        if len(args) != 1:
+            raise DnetError(f"{f.name} takes one number", f.span)
+        return fn(_number(args[0], f.args[0], f.name))
+
+    return apply
+
+
+def _length(args: list, f: ast.Function) -> int:
+    if len(args) != 1 or not isinstance(args[0], list | tuple):
+        raise DnetError("len takes one list", f.span)
+    return len(args[0])
+
+
+FUNCTIONS: dict[str, Callable[[list, ast.Function], Any]] = {
+    "min": _min_max(min),
+    "max": _min_max(max),
+    "floor": _one_number(math.floor),
+    "ceil": _one_number(math.ceil),
+    "round": _one_number(round),
+    "len": _length,
+    "range": _range,
+}
+
+
+@dataclass
+class Scope:
+    """Names visible at a point of a network body, and how the derived ones were computed."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    lets: dict[str, ast.Expr] = field(default_factory=dict)
+    where: dict[str, Span] = field(default_factory=dict)
+    parameters: set[str] = field(default_factory=set)
+
+    def child(self) -> Scope:
+        return Scope(dict(self.values), dict(self.lets), dict(self.where), self.parameters)
+
+
+def evaluate(e: ast.Expr, scope: Scope, lookup: Callable[[ast.Name], Any] | None = None) -> Any:
+    """Interpret an expression over numbers, sizes and lists."""
+    if isinstance(e, ast.Num):
+        return e.value
+    if isinstance(e, ast.Dims):
+        return e.values
+    if isinstance(e, ast.Const):
+        return e.value
+    if isinstance(e, ast.Name):
+        if lookup is not None:
+            return lookup(e)
+        if e.id not in scope.values:
+            raise DnetError(
+                f"unknown name `{e.id}`",
+                e.span,
+                label="not defined here",
+                help=did_you_mean(e.id, scope.values) or _name_help(scope),
+            )
+        return scope.values[e.id]
+    if isinstance(e, ast.BinOp):
+        a = _number(evaluate(e.left, scope, lookup), e.left, f"`{e.op}`")
+        b = _number(evaluate(e.right, scope, lookup), e.right, f"`{e.op}`")
+        if e.op in ("/", "//", "%") and b == 0:
+            raise DnetError(f"division by zero in `{render(e)}`", e.op_span, label=f"`{render(e.right)}` is 0")
+        if e.op == "+":
+            r = a + b
+        elif e.op == "-":
+            r = a - b
+        elif e.op == "*":
+            r = a * b
+        elif e.op == "/":
+            r = a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+        elif e.op == "//":
+            r = a // b
+        else:
+            r = a % b
+        return _checked(r, e)
+    if isinstance(e, ast.Unary):
+        v = _number(evaluate(e.operand, scope, lookup), e.operand, f"unary `{e.op}`")
+        return -v if e.op == "-" else v
+    if isinstance(e, ast.ListExpr):
+        if len(e.items) > MAX_LIST:
+            raise DnetError(f"a list of {len(e.items)} items is too long (at most {MAX_LIST})", e.span)
+        return [evaluate(i, scope, lookup) for i in e.items]
+    if isinstance(e, ast.Index):
+        target = evaluate(e.target, scope, lookup)
+        if not isinstance(target, list | tuple):
+            raise DnetError(f"only a list can be indexed, but `{render(e.target)}` is {kind_of(target)}", e.span)
+        i = _whole(evaluate(e.index, scope, lookup), e.index, "an index")
+        if not -len(target) <= i < len(target):
+            raise DnetError(
+                f"index {i} is out of range: `{render(e.target)}` has {len(target)} items",
+                e.index.span,
+                help=f"indices run from 0 to {len(target) - 1}" if target else None,
+            )
+        return target[i]
+    if isinstance(e, ast.Function):
+        fn = FUNCTIONS.get(e.name)
+        if fn is None:
+            raise DnetError(
+                f"unknown function `{e.name}`",
+                e.name_span,
+                help=did_you_mean(e.name, FUNCTIONS) or "the functions are " + ", ".join(FUNCTIONS),
+            )
+        return _checked_any(fn([evaluate(a, scope, lookup) for a in e.args], e), e)
+    raise TypeError(e)
+
+
+def _checked_any(v: Any, e: ast.Expr) -> Any:
+    return _checked(v, e) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
+def _name_help(scope: Scope) -> str | None:
+    if not scope.values:
+        return None
+    names = sorted(scope.values)
+    return "names defined here: " + ", ".join(f"`{n}`" for n in names[:12]) + (", ..." if len(names) > 12 else "")
+
+
+# ---- explaining a value that is not what a field needs -------------------------------------
+
+
+def _depends_on(e: ast.Expr, scope: Scope, seen: set[str] | None = None) -> list[str]:
+    """The integer parameters an expression depends on, through its `let`s."""
+    seen = set() if seen is None else seen
+    out: list[str] = []
+    stack: list[ast.Expr] = [e]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, ast.Name) and x.id not in seen:
+            seen.add(x.id)
+            if x.id in scope.lets:
+                stack.append(scope.lets[x.id])
+            elif x.id in scope.parameters and isinstance(scope.values.get(x.id), int):
+                out.append(x.id)
+        elif isinstance(x, ast.BinOp):
+            stack += [x.left, x.right]
+        elif isinstance(x, ast.Unary):
+            stack.append(x.operand)
+        elif isinstance(x, ast.ListExpr | ast.Function):
+            stack += list(x.items if isinstance(x, ast.ListExpr) else x.args)
+        elif isinstance(x, ast.Index):
+            stack += [x.target, x.index]
+    return out
+
+
+def _evaluate_with(e: ast.Expr, scope: Scope, changed: dict[str, Any]) -> Any:
+    """Re-evaluate `e` as if some parameters had other values, recomputing the `let`s between."""
+
+    def lookup(n: ast.Name) -> Any:
+        if n.id in changed:
+            return changed[n.id]
+        if n.id in scope.lets:
+            return evaluate(scope.lets[n.id], scope, lookup)
+        return scope.values[n.id]
+
+    return evaluate(e, scope, lookup)
+
+
+def explain_non_integer(e: ast.Expr, scope: Scope) -> tuple[list[str], str | None]:
+    """Notes that trace a non-integer back to the parameters, and values of them that would work."""
+    notes: list[str] = []
+    x = e
+    while isinstance(x, ast.Name) and x.id in scope.lets:
+        definition = scope.lets[x.id]
+        value = scope.values.get(x.id)
+        steps = [render(definition), render(definition, lambda n: scope.values.get(n))]
+        chain = " = ".join(dict.fromkeys(steps))
+        notes.append(f"`{x.id}` = {chain} = {show(value)} (line {scope.where[x.id].line})")
+        x = definition
+    fixes = []
+    for name in _depends_on(e, scope):
+        now = scope.values[name]
+        found = []
+        for direction in (-1, 1):
+            for step in range(1, 61):
+                candidate = now + direction * step
+                if candidate <= 0:
+                    break
+                try:
+                    v = _evaluate_with(e, scope, {name: candidate})
+                except DnetError:
+                    continue
+                if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and v > 0):
+                    found.append(candidate)
+                    break
+        if found:
+            fixes.append(" or ".join(f"{name} = {c}" for c in found))
+    help = f"{'; '.join(fixes)} would give an integer" if fixes else None
+    return notes, help
+
+
+# ---- calls ---------------------------------------------------------------------------------
+
+
+def bind_call(call: ast.Call, ops: dict[str, type[spec.Node]], scope: Scope, where: str) -> spec.Node:
+    """Evaluate a call's arguments against the pydantic model of its operation and validate."""
+    model = ops.get(call.op)
+    if model is None:
+        elsewhere = _where_allowed(call.op)
+        raise DnetError(
+            f"unknown operation `{call.op}` in {where}" if not elsewhere else f"`{call.op}` is not allowed in {where}",
+            call.op_span,
+            help=(f"`{call.op}` belongs in {elsewhere}" if elsewhere else None)
+            or did_you_mean(call.op, ops)
+            or "here you can use " + ", ".join(f"`{o}`" for o in ops),
+        )
+    fields = model.argument_names()
+    values: dict[str, Any] = {}
+    exprs: dict[str, ast.Argument] = {}
+    keyword_seen = False
+    for i, arg in enumerate(call.args):
+        name = arg.name
+        if name is None and keyword_seen:
+            # `dense(layers, growth, bottleneck = 4, dropout)`: a bare name after keywords names its field
+            if isinstance(arg.value, ast.Name) and arg.value.id in fields:
+                name = arg.value.id
+            else:
+                raise DnetError(
+                    "a positional argument cannot follow a keyword argument",
+                    arg.span,
+                    help=f"write it as `name = {render(arg.value)}`",
+                )
+        if name is None:
+            if i >= len(fields):
+                raise DnetError(
+                    f"`{call.op}` takes at most {len(fields)} argument{'s' if len(fields) != 1 else ''}"
+                    + (f" ({', '.join(fields)})" if fields else ""),
+                    arg.span,
+                    label="one too many",
+                )
+            name = fields[i]
+        else:
+            keyword_seen = True
+            if name not in fields:
+                raise DnetError(
+                    f"`{call.op}` has no argument `{name}`",
+                    arg.name_span or arg.span,
+                    help=did_you_mean(name, fields)
+                    or (f"its arguments are {', '.join(f'`{f}`' for f in fields)}" if fields else None),
+                )
+        if name in values:
+            raise DnetError(f"argument `{name}` of `{call.op}` is given twice", arg.span)
+        values[name] = evaluate(arg.value, scope)
+        exprs[name] = arg
+    return validate(model, values, exprs, call, scope)
+
+
+def validate(
+    model: type[spec.Node], values: dict[str, Any], exprs: dict[str, ast.Argument], call: ast.Call, scope: Scope
+) -> spec.Node:
+    try:
+        return model.model_validate({**values, "span": call.span})
+    except ValidationError as err:
+        raise field_error(err, model, values, exprs, call, scope) from None
+
+
+def field_error(
+    err: ValidationError,
+    model: type[spec.Node],
+    values: dict[str, Any],
+    exprs: dict[str, ast.Argument],
+    call: ast.Call,
+    scope: Scope,
+) -> DnetError:
+    """Turn pydantic's first complaint into a diagnostic at the argument that caused it."""
+    first = err.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else ""
+    info = model.model_fields.get(name)
+    described = info.description if info and info.description else None
+    arg = exprs.get(name)
+    if first["type"] == "missing":
+        return DnetError(
+            f"`{call.op}` needs `{name}`" + (f": {described}" if described else ""),
+            call.span,
+            label=f"`{name}` missing",
+            help=f"add it: {call.op}({', '.join(model.argument_names()[: model.argument_names().index(name) + 1])})",
+        )
+    value = values.get(name)
+    span = arg.value.span if arg else call.span
+    text = render(arg.value) if arg else name
+    if first["type"] == "int_from_float":
+        notes, fix = explain_non_integer(arg.value, scope) if arg else ([], None)
+        return DnetError(
+            f"`{name}` of `{call.op}` must be an integer, but `{text}` is {show(value)}",
+            span,
+            label="not an integer",
+            notes=notes,
+            help=fix or described,
+        )
+    shown = f"`{text}` = {show(value)}" if text != show(value) else f"`{text}`"
+    reason = first["msg"][0].lower() + first["msg"][1:]
+    reason = reason.replace("input should", "it should")
+    return DnetError(f"invalid `{name}` for `{call.op}`: {shown}; {reason}", span, help=described)
+
+
+def _where_allowed(op: str) -> str | None:
+    places = [
+        place
+        for place, ops in (
+            ("a `stem { }`", spec.STEM_OPS),
+            ("the network body", spec.BODY_OPS),
+            ("a `head { }`", spec.HEAD_OPS),
+        )
+        if op in ops
+    ]
+    return " or ".join(places) if places else None

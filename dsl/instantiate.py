@@ -1,0 +1,240 @@
+"""Instantiate a network: bind its parameters, run its body, and produce a `spec.Network`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import ast, spec
+from .errors import DnetError, Span, did_you_mean
+from .evaluate import Scope, bind_call, evaluate, kind_of, render, show
+
+MAX_ALIAS_DEPTH = 50
+
+
+@dataclass(frozen=True)
+class Override:
+    """A parameter value given from outside the spec: `--set NAME=VALUE` or a keyword argument."""
+
+    value: Any
+    span: Span
+    source: str
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A network definition and the names visible from the file that holds it."""
+
+    node: ast.NetworkDef | ast.NetworkAlias
+    module: ast.Module
+    scope: dict[str, Definition]
+
+
+def instantiate(defn: Definition, overrides: dict[str, Override]) -> spec.Network:
+    """Resolve aliases down to a written-out network, then evaluate it with the bindings."""
+    chain = [defn]
+    bindings: dict[str, tuple[Any, Span]] = {}
+    while isinstance(chain[-1].node, ast.NetworkAlias):
+        alias = chain[-1]
+        node = alias.node
+        family = alias.scope.get(node.family)
+        if family is None:
+            raise DnetError(
+                f"unknown network `{node.family}`",
+                node.family_span,
+                help=did_you_mean(node.family, alias.scope)
+                or f'import it first: use {node.family} from "{node.family}.dnet"',
+            )
+        if len(chain) > MAX_ALIAS_DEPTH or family in chain:
+            raise DnetError(f"network `{node.name}` is defined in terms of itself", node.family_span)
+        target_params = _parameter_names(family)
+        for arg in node.args:
+            if arg.name is None:
+                raise DnetError(
+                    "a family's parameters are bound by name",
+                    arg.span,
+                    help=f"write `{target_params[0] if target_params else 'name'} = {render(arg.value)}`",
+                )
+            if arg.name not in target_params:
+                raise DnetError(
+                    f"network `{node.family}` has no parameter `{arg.name}`",
+                    arg.name_span or arg.span,
+                    help=did_you_mean(arg.name, target_params)
+                    or f"its parameters are {', '.join(f'`{p}`' for p in target_params)}",
+                )
+            # an outer alias's binding wins over an inner one's
+            bindings.setdefault(arg.name, (evaluate(arg.value, Scope()), arg.span))
+        chain.append(family)
+    base = chain[-1]
+    assert isinstance(base.node, ast.NetworkDef)
+    params = [p.name for p in base.node.parameters]
+    for name, o in overrides.items():
+        if name not in params:
+            raise DnetError(
+                f"network `{defn.node.name}` has no parameter `{name}`",
+                o.span,
+                source=o.source,
+                help=did_you_mean(name, params)
+                or ("its parameters are " + ", ".join(f"`{p}`" for p in params) if params else "it has no parameters"),
+            )
+        bindings[name] = (o.value, o.span)
+    return _run(defn.node.name, base.node, defn.module.file, bindings)
+
+
+def _parameter_names(defn: Definition) -> list[str]:
+    seen = set()
+    while isinstance(defn.node, ast.NetworkAlias) and id(defn) not in seen:
+        seen.add(id(defn))
+        nxt = defn.scope.get(defn.node.family)
+        if nxt is None:
+            return []
+        defn = nxt
+    return [p.name for p in defn.node.parameters] if isinstance(defn.node, ast.NetworkDef) else []
+
+
+class _Body:
+    """Walks a network body in order, collecting its parts."""
+
+    def __init__(self, name: str, node: ast.NetworkDef) -> None:
+        self.name = name
+        self.node = node
+        self.input: spec.Input | None = None
+        self.parts: list[spec.Stem | spec.DenseBlock | spec.Transition | spec.Head] = []
+        self.layers = 0
+
+    def run(self, body: tuple[ast.Statement, ...], scope: Scope) -> None:
+        for stmt in body:
+            self.statement(stmt, scope)
+
+    def statement(self, stmt: ast.Statement, scope: Scope) -> None:
+        if isinstance(stmt, ast.Input):
+            self.take_input(stmt, scope)
+        elif isinstance(stmt, ast.Let):
+            if stmt.name in scope.values and stmt.name not in scope.lets:
+                raise DnetError(
+                    f"`{stmt.name}` is already a parameter of `{self.node.name}`",
+                    stmt.name_span,
+                    help="choose another name for the `let`",
+                )
+            if stmt.name in scope.lets and scope.where[stmt.name] != stmt.span:
+                first = scope.where[stmt.name]
+                raise DnetError(
+                    f"`{stmt.name}` is defined twice",
+                    stmt.name_span,
+                    notes=[f"first defined at line {first.line}"],
+                )
+            scope.values[stmt.name] = evaluate(stmt.value, scope)
+            scope.lets[stmt.name] = stmt.value
+            scope.where[stmt.name] = stmt.span
+        elif isinstance(stmt, ast.Section):
+            ops = spec.STEM_OPS if stmt.kind == "stem" else spec.HEAD_OPS
+            calls = [bind_call(c, ops, scope, f"a `{stmt.kind}`") for c in stmt.calls]
+            model = spec.Stem if stmt.kind == "stem" else spec.Head
+            self.add(model(ops=calls, span=stmt.span))
+        elif isinstance(stmt, ast.Repeat):
+            self.repeat(stmt, scope)
+        else:
+            self.add(bind_call(stmt, spec.BODY_OPS, scope, "the network body"))
+
+    def take_input(self, stmt: ast.Input, scope: Scope) -> None:
+        if self.input is not None:
+            first = self.input.span.line if self.input.span else "?"
+            raise DnetError("a network has one `input`", stmt.span, notes=[f"the first is at line {first}"])
+        values: list[int] = []
+        for i, d in enumerate(stmt.dims):
+            v = evaluate(d, scope)
+            what, limit = ("channels", spec.MAX_CHANNELS) if i == 0 else ("an input size", spec.MAX_SIZE)
+            if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and not v.is_integer()):
+                raise DnetError(f"{what} must be an integer, but `{render(d)}` is {show(v)}", d.span)
+            if not 1 <= v <= limit:
+                raise DnetError(
+                    f"{what} must be at least 1 and at most {limit}, but `{render(d)}` is {show(v)}", d.span
+                )
+            values.append(int(v))
+        if len(values) < 2:
+            raise DnetError(
+                "`input` needs channels and at least one spatial size",
+                stmt.span,
+                help="write channels x sizes, e.g. `input 3 x 32 x 32` (2D) or `input 1 x 4096` (1D)",
+            )
+        if len(values) - 1 > spec.MAX_SPATIAL_DIMS:
+            raise DnetError(
+                f"an input has 1, 2 or 3 spatial dimensions, not {len(values) - 1}",
+                stmt.span,
+                help="write channels x sizes, e.g. `input 3 x 224 x 224`",
+            )
+        self.input = spec.Input(channels=values[0], size=tuple(values[1:]), span=stmt.span)
+
+    def repeat(self, stmt: ast.Repeat, scope: Scope) -> None:
+        if stmt.count is not None:
+            n = evaluate(stmt.count, scope)
+            if isinstance(n, bool) or not isinstance(n, int | float) or (isinstance(n, float) and not n.is_integer()):
+                raise DnetError(f"`repeat` needs an integer, but `{render(stmt.count)}` is {show(n)}", stmt.count.span)
+            if not 0 <= n <= spec.MAX_REPEAT:
+                raise DnetError(f"`repeat {show(n)}`: the count must be 0 to {spec.MAX_REPEAT}", stmt.count.span)
+            items: list[Any] = list(range(int(n)))
+        else:
+            assert stmt.iterable is not None
+            items = evaluate(stmt.iterable, scope)
+            if not isinstance(items, list):
+                raise DnetError(
+                    f"`for` needs a list, but `{render(stmt.iterable)}` is {kind_of(items)} ({show(items)})",
+                    stmt.iterable.span,
+                    help=f"write a list such as [{show(items)}, ...]" if isinstance(items, int) else None,
+                )
+        for i, item in enumerate(items):
+            if i and stmt.separator is not None:
+                self.add(bind_call(stmt.separator, spec.BODY_OPS, scope, "the network body"))
+            inner = scope.child()
+            if stmt.var is not None:
+                inner.values[stmt.var] = item
+            self.run(stmt.body, inner)
+
+    def add(self, part: spec.Stem | spec.DenseBlock | spec.Transition | spec.Head) -> None:
+        if self.parts and isinstance(self.parts[-1], spec.Head):
+            raise DnetError(
+                "nothing may follow the `head`", part.span, notes=[f"the head is at line {self.parts[-1].span.line}"]
+            )
+        if isinstance(part, spec.Stem) and self.parts:
+            first = self.parts[0]
+            if isinstance(first, spec.Stem):
+                raise DnetError(
+                    "a network has one `stem`", part.span, notes=[f"the first is at line {first.span.line}"]
+                )
+            raise DnetError("the `stem` must come before the dense blocks", part.span)
+        if isinstance(part, spec.DenseBlock):
+            self.layers += part.layers
+            if self.layers > spec.MAX_TOTAL_LAYERS:
+                raise DnetError(
+                    f"the network has over {spec.MAX_TOTAL_LAYERS} dense layers, more than dnetc builds",
+                    part.span,
+                )
+        self.parts.append(part)
+
+
+def _run(name: str, node: ast.NetworkDef, file: str, bindings: dict[str, tuple[Any, Span]]) -> spec.Network:
+    scope = Scope(parameters={p.name for p in node.parameters})
+    for p in node.parameters:
+        if p.name in scope.values:
+            raise DnetError(f"parameter `{p.name}` is declared twice", p.span)
+        if p.name in bindings:
+            scope.values[p.name] = bindings[p.name][0]
+        elif p.default is not None:
+            scope.values[p.name] = evaluate(p.default, scope)
+        else:
+            raise DnetError(
+                f"network `{name}` needs a value for its parameter `{p.name}`",
+                p.span,
+                help=f"give one with `--set {p.name}=VALUE`, or a default: `{p.name} = VALUE`",
+            )
+        scope.where[p.name] = p.span
+    body = _Body(name, node)
+    body.run(node.body, scope)
+    if body.input is None:
+        raise DnetError(
+            f"network `{node.name}` has no `input`",
+            node.name_span,
+            help="say what it takes, e.g. `input 3 x 32 x 32` as its first statement",
+        )
+    params = {p.name: scope.values[p.name] for p in node.parameters}
+    return spec.Network(name=name, file=file, parameters=params, input=body.input, parts=body.parts, span=node.span)

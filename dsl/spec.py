@@ -1,0 +1,180 @@
+"""The validated spec: pydantic models of a network, as the evaluator produces it.
+
+The models double as the signatures of the language's operations: a call's positional
+arguments fill the fields in the order written here, keywords name them, and each field's
+description is the help a user sees when a value is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic.json_schema import SkipJsonSchema
+
+from .errors import DnetError, Span
+
+# Limits that keep an absurd spec from hanging or exhausting memory: beyond them, a clear error.
+MAX_LAYERS_PER_BLOCK = 1000
+MAX_TOTAL_LAYERS = 2000
+MAX_CHANNELS = 1 << 20
+MAX_SIZE = 1 << 20
+MAX_REPEAT = 1000
+MAX_SPATIAL_DIMS = 3
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Size = PositiveInt | tuple[PositiveInt, ...]
+NonNegativeSize = Annotated[int, Field(ge=0)] | tuple[Annotated[int, Field(ge=0)], ...]
+Rate = Annotated[
+    float, Field(ge=0.0, lt=1.0, description="a dropout rate, 0 <= p < 1 (0.2 in the paper without augmentation)")
+]
+
+
+class Node(BaseModel):
+    """Common ground of every spec item: strict about unknown fields, remembers where it was written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    span: SkipJsonSchema[Span | None] = Field(default=None, exclude=True, repr=False)
+
+    @classmethod
+    def argument_names(cls) -> list[str]:
+        """The fields a call fills, in positional order."""
+        return [n for n in cls.model_fields if n not in ("kind", "span")]
+
+
+# ---- operations inside a stem or head ------------------------------------------------------
+
+
+class Conv(Node):
+    """A convolution without bias, as DenseNet uses throughout."""
+
+    kind: Literal["conv"] = "conv"
+    kernel: Size = Field(description="the kernel size: `3` or `3x3` (one size per spatial dimension)")
+    channels: PositiveInt = Field(description="the number of output channels, > 0")
+    stride: Size = Field(default=1, description="the stride, > 0")
+    padding: NonNegativeSize | None = Field(default=None, description="zero padding; by default kernel // 2")
+
+
+class Norm(Node):
+    """Batch normalisation over the channels."""
+
+    kind: Literal["norm"] = "norm"
+
+
+class ReLU(Node):
+    kind: Literal["relu"] = "relu"
+
+
+class Pool(Node):
+    """A pooling window: what max and average pooling share."""
+
+    kernel: Size = Field(description="the window size, > 0")
+    stride: Size | None = Field(default=None, description="the stride; by default the window size")
+    padding: NonNegativeSize = Field(default=0, description="padding, at most half the window")
+
+
+class MaxPool(Pool):
+    kind: Literal["maxpool"] = "maxpool"
+
+
+class AvgPool(Pool):
+    kind: Literal["avgpool"] = "avgpool"
+
+
+class Dropout(Node):
+    kind: Literal["dropout"] = "dropout"
+    p: Rate = 0.0
+
+
+class Classifier(Node):
+    """The paper's head: BN-ReLU-global average pool-Linear (with bias)."""
+
+    kind: Literal["classifier"] = "classifier"
+    classes: PositiveInt = Field(description="the number of classes, > 0")
+
+
+StemOp = Annotated[Conv | Norm | ReLU | MaxPool | AvgPool | Dropout, Field(discriminator="kind")]
+HeadOp = Annotated[Classifier, Field(discriminator="kind")]
+
+# ---- the parts of a network ----------------------------------------------------------------
+
+
+class DenseBlock(Node):
+    """Layers each fed the concatenation of all earlier feature maps, each adding `growth` channels."""
+
+    kind: Literal["dense"] = "dense"
+    layers: PositiveInt = Field(
+        le=MAX_LAYERS_PER_BLOCK, description=f"the number of layers in the block, 1 to {MAX_LAYERS_PER_BLOCK}"
+    )
+    growth: PositiveInt = Field(le=MAX_CHANNELS, description="the growth rate k: channels each layer adds, > 0")
+    bottleneck: PositiveInt | None = Field(
+        default=4,
+        description="the bottleneck width factor: a 1x1 conv to bottleneck*k channels before the 3x3 conv; "
+        "`none` for plain DenseNet layers",
+    )
+    dropout: Rate = 0.0
+
+
+class Transition(Node):
+    """BN-ReLU-Conv1x1(floor(compression*C))-AvgPool2, between dense blocks."""
+
+    kind: Literal["transition"] = "transition"
+    compression: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="the compression θ: the fraction of channels a transition keeps, 0 < θ <= 1 "
+        "(0.5 in DenseNet-BC, 1 in plain DenseNet)",
+    )
+    dropout: Rate = 0.0
+
+
+class Stem(Node):
+    kind: Literal["stem"] = "stem"
+    ops: list[StemOp]
+
+
+class Head(Node):
+    kind: Literal["head"] = "head"
+    ops: list[HeadOp]
+
+
+Part = Annotated[Stem | DenseBlock | Transition | Head, Field(discriminator="kind")]
+
+
+class Input(Node):
+    channels: PositiveInt = Field(le=MAX_CHANNELS, description="the input channels, > 0")
+    size: tuple[Annotated[int, Field(gt=0, le=MAX_SIZE)], ...] = Field(
+        min_length=1, max_length=MAX_SPATIAL_DIMS, description="one size per spatial dimension (1D, 2D or 3D)"
+    )
+
+
+class Network(Node):
+    """A whole network, every parameter bound: what the compiler turns into a graph."""
+
+    name: str
+    file: str | None = Field(default=None, description="the file the network was defined in")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="the parameters it was built with")
+    input: Input
+    parts: list[Part]
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def locate(self, error: DnetError) -> DnetError:
+        """Attach the text of the file an error points into, for errors found after parsing."""
+        if error.source is None and error.span is not None:
+            text = self._sources.get(error.span.file)
+            if text is not None:
+                error.source = text
+        return error
+
+    @property
+    def blocks(self) -> list[DenseBlock]:
+        return [p for p in self.parts if isinstance(p, DenseBlock)]
+
+
+# The operations a call may name, by where it stands.
+STEM_OPS: dict[str, type[Node]] = {
+    m.model_fields["kind"].default: m for m in (Conv, Norm, ReLU, MaxPool, AvgPool, Dropout)
+}
+HEAD_OPS: dict[str, type[Node]] = {m.model_fields["kind"].default: m for m in (Classifier,)}
+BODY_OPS: dict[str, type[Node]] = {m.model_fields["kind"].default: m for m in (DenseBlock, Transition)}

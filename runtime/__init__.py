@@ -1,0 +1,1 @@
+"""What runs: the `dnetc` command line (and, to come, the trainer)."""

@@ -1,0 +1,189 @@
+"""The `dnetc` command: validate, report, draw (and later train) a .dnet spec.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad spec or usage. Validation, `--json` and `--viz`
+never import torch; `--summary` does, for torchinfo's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import dsl
+
+EPILOG = """\
+examples:
+  dnetc densenet121                          validate a zoo model: params, MACs, input -> output
+  dnetc archs/densenet_bc.dnet --set depth=250 --set growth=24
+  dnetc densenet_bc_100_12 --summary         torchinfo's table and a per-block table
+  dnetc densenet121 --json                   the same figures as JSON
+  dnetc figure1 --viz figure1.svg            a diagram (svg, png, pdf or dot)
+  dnetc densenet169 --viz --viz-detail block
+  dnetc zoo                                  the model zoo with params and MACs
+
+SPEC is a .dnet file or the name of a zoo model. The language is described in README.md.
+"""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    try:
+        return pkg_version("dnetc")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dnetc",
+        description="The DenseNet architecture language and compiler.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", metavar="SPEC", help="a .dnet file or a zoo model name (`dnetc zoo` lists them)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="override a parameter of the network (repeatable)",
+    )
+    p.add_argument("--summary", action="store_true", help="print torchinfo's table and the per-block table")
+    p.add_argument("--depth", type=int, default=3, metavar="N", help="how deep torchinfo's table goes (default 3)")
+    p.add_argument("--json", action="store_true", help="print params, MACs, shapes and blocks as JSON")
+    p.add_argument(
+        "--viz",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="draw the network; the extension picks the format: svg (default), png, pdf, dot",
+    )
+    p.add_argument(
+        "--viz-detail",
+        choices=("auto", "layer", "block"),
+        default="auto",
+        help="one node per dense layer, or per block; auto picks by size",
+    )
+    p.add_argument("--version", action="version", version=f"dnetc {version()}")
+    return p
+
+
+def zoo_command(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="dnetc zoo", description="List the model zoo with params and MACs.")
+    p.add_argument("--markdown", action="store_true", help="print the table in Markdown, as README.md shows it")
+    args = p.parse_args(argv)
+    from compiler import build_graph, report
+
+    graphs = [build_graph(dsl.load(name)) for name in dsl.zoo_names()]
+    if args.markdown:
+        print(report.zoo_table(graphs))
+    else:
+        for g in graphs:
+            print(report.one_line(g))
+    return 0
+
+
+def run(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "zoo":
+        return zoo_command(argv[1:])
+    args = parser().parse_args(argv)
+    from compiler import build_graph, report
+
+    network = dsl.load(args.spec, dsl.parse_overrides(args.overrides))
+    g = build_graph(network)
+    if args.json:
+        print(json.dumps(report.to_json(g), indent=2))
+    elif not args.summary:
+        print(report.one_line(g))
+    if args.summary:
+        summary(g, args.depth, quiet_table=args.json)
+    if args.viz is not None:
+        return draw(g, args.viz or f"{network.name}.svg", args.viz_detail)
+    return 0
+
+
+def summary(g, depth: int, quiet_table: bool = False) -> None:
+    """torchinfo's table of the emitted module, then the graph's per-block table, checked against each other."""
+    import torchinfo
+
+    from compiler import report
+    from compiler.emit import emit
+
+    model = emit(g)
+    shape = (1, *g.nodes["input"]["shape"])
+    stats = torchinfo.summary(
+        model, input_size=shape, depth=depth, verbose=0, col_names=("output_size", "num_params", "mult_adds")
+    )
+    out = sys.stderr if quiet_table else sys.stdout
+    print(stats, file=out)
+    print(file=out)
+    print(report.unit_table(g), file=out)
+    print(file=out)
+    agree = stats.total_params == g.graph["params"] and stats.total_mult_adds == g.graph["macs"]
+    print(
+        "The graph's counts "
+        + (
+            "equal torchinfo's."
+            if agree
+            else f"DIFFER from torchinfo's ({stats.total_params:,} params, {stats.total_mult_adds:,} MACs)."
+        ),
+        file=out,
+    )
+    print(report.CONVENTION, file=out)
+
+
+def draw(g, path: str, detail: str) -> int:
+    import graphviz
+
+    from compiler import viz
+
+    fmt = path.rsplit(".", 1)[-1].lower() if "." in Path(path).name else ""
+    if fmt not in viz.FORMATS:
+        print(
+            f"error: cannot tell the diagram format of `{path}`: end it in " + ", ".join(f".{f}" for f in viz.FORMATS),
+            file=sys.stderr,
+        )
+        return 2
+    dot = viz.diagram(g, detail)  # type: ignore[arg-type]
+    try:
+        viz.render(dot, path)
+    except graphviz.ExecutableNotFound:
+        source = str(Path(path).with_suffix(".dot"))
+        viz.render(dot, source)
+        print(
+            f"error: Graphviz's `dot` program is not installed, so `{path}` was not drawn.\n"
+            f"  wrote the diagram's source to `{source}`\n"
+            "  = help: install Graphviz (Debian/Ubuntu: `apt-get install graphviz`, macOS: `brew install graphviz`,"
+            f" conda: `conda install graphviz`), then run `dot -T{fmt} {source} -o {path}` or this command again",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as e:
+        print(f"error: cannot write `{path}`: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return run(argv)
+    except dsl.DnetError as e:
+        print(e.render(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

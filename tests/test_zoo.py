@@ -1,0 +1,82 @@
+"""The zoo against the published counts, and the graph's counts against torchinfo's."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torchinfo
+
+import compiler
+import dsl
+from compiler import report
+
+REFERENCE = json.loads((Path(__file__).parent / "reference.json").read_text())
+ZOO = dsl.zoo_names()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def graph(name: str):
+    return compiler.build_graph(dsl.load(name))
+
+
+def test_zoo_has_every_published_model():
+    expected = (
+        set(REFERENCE["cifar_params_millions"])
+        | set(REFERENCE["imagenet_exact"])
+        | set(REFERENCE["imagenet_about_millions"])
+    )
+    assert expected <= set(ZOO)
+    for name in expected:
+        assert (dsl.zoo_dir() / f"{name}.dnet").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE["cifar_params_millions"]))
+def test_cifar_params_to_published_rounding(name):
+    g = graph(name)
+    assert round(g.graph["params"] / 1e6, 1) == REFERENCE["cifar_params_millions"][name]
+    assert g.nodes["input"]["shape"] == (3, 32, 32)
+    assert g.nodes["classifier"]["shape"] == (10,)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE["imagenet_exact"]))
+def test_imagenet_exact_counts(name):
+    g = graph(name)
+    ref = REFERENCE["imagenet_exact"][name]
+    assert (g.graph["params"], g.graph["macs"]) == (ref["params"], ref["mult_adds"])
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE["imagenet_about_millions"]))
+def test_imagenet_approximate_params(name):
+    # the reference gives "about N M": within one million
+    assert abs(graph(name).graph["params"] / 1e6 - REFERENCE["imagenet_about_millions"][name]) < 1.0
+
+
+def test_classes_is_a_parameter_of_the_cifar_models():
+    assert dsl.load("densenet_bc_190_40", classes=100).parameters["classes"] == 100
+    g = compiler.build_graph(dsl.load("densenet_bc_190_40", classes=100))
+    assert g.nodes["classifier"]["shape"] == (100,)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_graph_counts_equal_torchinfo(name):
+    g = graph(name)
+    model = compiler.compile(name)
+    with torch.no_grad():
+        stats = torchinfo.summary(model, input_size=(1, *g.nodes["input"]["shape"]), verbose=0)
+    assert stats.total_params == g.graph["params"]
+    assert stats.total_mult_adds == g.graph["macs"]
+    per_unit = {u["name"]: u["params"] for u in report.units(g)}
+    for unit, params in per_unit.items():
+        if unit.startswith(("denseblock", "transition")):
+            assert sum(p.numel() for p in model.features.get_submodule(unit).parameters()) == params
+
+
+def test_readme_zoo_table_is_the_tools_output():
+    readme = (ROOT / "README.md").read_text()
+    table = re.search(r"<!-- zoo:start -->\n(.*?)\n<!-- zoo:end -->", readme, re.S)
+    assert table, "README.md has no zoo table between <!-- zoo:start --> and <!-- zoo:end -->"
+    assert table.group(1).strip() == report.zoo_table([graph(n) for n in ZOO]).strip()
