@@ -54,7 +54,7 @@ def load(path_or_name: str | Path, overrides: Mapping[str, Any] | None = None, /
     return _load_text(text, str(path), path, _overrides(overrides, kwargs))
 
 
-def parse(text: str, filename: str = "<string>", /, **overrides: Any) -> spec.Network:
+def parse(text: str, /, filename: str = "<string>", **overrides: Any) -> spec.Network:
     """Parse spec text (imports resolved next to `filename`, then in the zoo) into its network."""
     path = Path(filename) if filename != "<string>" else None
     return _load_text(text, filename, path, _overrides(None, overrides))

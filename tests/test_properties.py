@@ -1,0 +1,107 @@
+"""Properties over generated specs: the graph's counts and shapes are the module's, and any token soup
+gives a network or a located DnetError."""
+
+from __future__ import annotations
+
+import torch
+import torchinfo
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import compiler
+import dsl
+
+
+@st.composite
+def specs(draw) -> str:
+    rank = draw(st.integers(1, 3))
+    size = draw(st.sampled_from([8, 12, 16]) if rank < 3 else st.just(8))
+    lines = ["network generated {", f"    input {draw(st.integers(1, 4))} x " + " x ".join([str(size)] * rank)]
+    lines.append(f"    stem conv({draw(st.sampled_from([1, 3]))}, {draw(st.integers(1, 16))})")
+    blocks = draw(st.integers(1, 3))
+    for b in range(blocks):
+        bottleneck = draw(st.sampled_from(["none", "1", "2", "4"]))
+        dropout = draw(st.sampled_from(["0", "0.2"]))
+        lines.append(
+            f"    dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 12))}, bottleneck = {bottleneck}, "
+            f"dropout = {dropout})"
+        )
+        if b < blocks - 1:
+            lines.append(f"    transition(compression = {draw(st.sampled_from(['0.5', '1', '0.75', '0.3']))})")
+    if draw(st.booleans()):
+        lines.append(f"    head classifier({draw(st.integers(1, 20))})")
+    return "\n".join([*lines, "}"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs())
+def test_generated_specs_counts_and_shapes_equal_the_modules(text):
+    g = compiler.build_graph(dsl.parse(text))
+    model = compiler.compile(dsl.parse(text)).eval()
+    shape = (2, *g.nodes["input"]["shape"])
+    with torch.no_grad():
+        out = model(torch.randn(shape))
+    assert tuple(out.shape[1:]) == g.nodes[g.graph["output"]]["shape"]
+    stats = torchinfo.summary(model, input_size=(1, *shape[1:]), verbose=0)
+    assert (stats.total_params, stats.total_mult_adds) == (g.graph["params"], g.graph["macs"])
+
+
+TOKENS = [
+    "network",
+    "n",
+    "(",
+    ")",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    "=",
+    "x",
+    "input",
+    "let",
+    "stem",
+    "head",
+    "repeat",
+    "for",
+    "in",
+    "separated",
+    "by",
+    "use",
+    "from",
+    '"densenet_bc.dnet"',
+    "dense",
+    "transition",
+    "conv",
+    "classifier",
+    "norm",
+    "relu",
+    "maxpool",
+    "3",
+    "0",
+    "32",
+    "0.5",
+    "3x3",
+    "+",
+    "-",
+    "*",
+    "/",
+    "//",
+    "%",
+    "none",
+    "growth",
+    "layers",
+    "\n",
+    "#",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=40))
+def test_token_soup_gives_a_network_or_a_located_error(tokens):
+    text = " ".join(tokens)
+    try:
+        compiler.build_graph(dsl.parse(text, filename=str(dsl.zoo_dir() / "soup.dnet")))
+    except dsl.DnetError as e:
+        assert e.line is not None and e.col is not None, str(e)
+        assert str(e).startswith(f"{e.file}:{e.line}:{e.col}: error: ")
