@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 from lark import Lark, Token, Transformer_NonRecursive, v_args
@@ -275,12 +276,12 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> DnetError:
     if tok.type == "NAME" and keywords:
         hint = did_you_mean(str(tok), keywords)
     if hint is None:
-        # `repat 3 { ... }`: the misspelled keyword is the word just before the error
-        before = lines[tok.line - 1][: tok.column - 1].split()
-        if before and before[-1].isidentifier():
-            all_keywords = [v for v in _keywords().values() if v.isalpha()]
-            if before[-1] not in all_keywords:
-                hint = did_you_mean(before[-1], all_keywords)
+        # `repat 3 { ... }`, `lett n = 3`: a misspelled keyword stands before the error on its line
+        all_keywords = [v for v in _keywords().values() if v.isalpha()]
+        before = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", lines[tok.line - 1][: tok.column - 1].split("#")[0])
+        for word in reversed(before[-2:]):
+            if len(word) > 2 and word not in all_keywords and (hint := did_you_mean(word, all_keywords)):
+                break
     if hint is None and tok.type == "EQUAL" and "RPAR" in expected:
         hint = "only a name can be given a value here: `name = value`"
     if hint is None and tok.type == "X":

@@ -21,6 +21,7 @@ CASES = [
         "unexpected `3`",
         "did you mean `repeat`?",
     ),
+    ("misspelled let", NET + "    lett n = 3\n}", 3, 12, "unexpected `=`", "did you mean `let`?"),
     ("end of file", NET, 2, 22, "unexpected end of file", "the `{` at line 1, column 37 is never closed"),
     ("bad character", NET + "    dense(4, 12) @\n}", 3, 18, "unexpected character `@`", None),
     ("single quotes", "use a from 'x.dnet'", 1, 12, "unexpected character `'`", "double quotes"),
