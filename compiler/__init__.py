@@ -16,9 +16,22 @@ if TYPE_CHECKING:
     import torch
 
 
-def compile(path_or_spec: str | Path | dsl.Network, /, **overrides: Any) -> torch.nn.Module:
-    """Build the PyTorch module of a spec file, a zoo name or a validated `dsl.Network`."""
+def compile(
+    path_or_spec: str | Path | dsl.Network,
+    /,
+    memory: str | None = None,
+    batch: int = 64,
+    device: str | None = None,
+    **overrides: Any,
+) -> torch.nn.Module:
+    """Build the PyTorch module of a spec file, a zoo name or a validated `dsl.Network`.
+
+    `memory` picks how dense blocks are lowered: naive, checkpoint, shared, or auto (by the
+    estimated training memory at `batch` against what `device` has free); by default the spec's
+    `memory` setting, else naive. Other keywords override the spec's parameters.
+    """
     from .emit import emit
+    from .memory import choose_lowering
 
     if isinstance(path_or_spec, dsl.Network):
         if overrides:
@@ -26,7 +39,11 @@ def compile(path_or_spec: str | Path | dsl.Network, /, **overrides: Any) -> torc
         network = path_or_spec
     else:
         network = dsl.load(path_or_spec, **overrides)
-    return emit(build_graph(network))
+    requested = memory or network.memory or "naive"
+    if requested not in dsl.spec.LOWERINGS:
+        raise ValueError(f"memory must be one of {', '.join(dsl.spec.LOWERINGS)}, not {requested!r}")
+    g = build_graph(network)
+    return emit(g, choose_lowering(g, requested, batch, device))
 
 
 __all__ = ["build_graph", "compile"]

@@ -39,8 +39,14 @@ FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
 }
 
 
-def emit(g: nx.DiGraph) -> nn.Module:
-    """The plain lowering: dense blocks concatenate their features (torchvision's layout and names)."""
+def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
+    """The module of a graph, its dense blocks lowered as `memory` says (naive, checkpoint or shared).
+
+    Every lowering has torchvision's layout and names, so weights move freely between them.
+    """
+    from .memory import BLOCKS
+
+    block_class = BLOCKS[memory]
     rank = len(g.nodes["input"]["shape"]) - 1
     features = nn.Sequential()
     classifier: nn.Module | None = None
@@ -58,7 +64,7 @@ def emit(g: nx.DiGraph) -> nn.Module:
         elif unit.startswith("denseblock"):
             block = blocks.get(unit)
             if block is None:
-                block = blocks[unit] = DenseBlock()
+                block = blocks[unit] = block_class()
                 features.add_module(unit, block)
             if node["layer"] not in block:
                 block[node["layer"]] = DenseLayer()
@@ -70,5 +76,6 @@ def emit(g: nx.DiGraph) -> nn.Module:
         else:
             features.add_module(leaf, module)
     model = DenseNet(features, classifier)
+    model.memory = memory
     initialise(model)
     return model

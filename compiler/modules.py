@@ -5,8 +5,19 @@ Dimension-agnostic: the emitter picks Conv1d/2d/3d and friends; these only wire 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
+
+
+class Stage(NamedTuple):
+    """One BN-ReLU-Conv(-Dropout) step of a dense layer: a layer has one, or two with a bottleneck."""
+
+    norm: nn.Module
+    relu: nn.Module
+    conv: nn.Module
+    dropout: nn.Module | None
 
 
 class DenseLayer(nn.Module):
@@ -17,6 +28,16 @@ class DenseLayer(nn.Module):
         for op in self.children():
             x = op(x)
         return x
+
+    def stages(self) -> list[Stage]:
+        """The layer's ops grouped as norm, relu, conv and an optional dropout."""
+        ops = list(self.children())
+        out: list[Stage] = []
+        while ops:
+            norm, relu, conv, *ops = ops
+            drop = ops.pop(0) if ops and isinstance(ops[0], nn.Dropout) else None
+            out.append(Stage(norm, relu, conv, drop))
+        return out
 
 
 class DenseBlock(nn.ModuleDict):

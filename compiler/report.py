@@ -106,3 +106,35 @@ def zoo_table(graphs: list[nx.DiGraph]) -> str:
             f"| `{g.graph['name']}` | {size(g.nodes['input']['shape'])} | {g.graph['params']:,} | {g.graph['macs']:,} |"
         )
     return "\n".join(lines)
+
+
+def memory_json(g: nx.DiGraph, batch: int, dtype: str) -> dict[str, Any]:
+    from .estimate import estimate_all
+
+    return {
+        "batch": batch,
+        "dtype": dtype,
+        **{k: e._asdict() for k, e in estimate_all(g, batch, dtype).items()},
+    }
+
+
+def memory_table(g: nx.DiGraph, batch: int, dtype: str, chosen: str | None = None) -> str:
+    """Estimated training memory per lowering, from the graph alone."""
+    from .estimate import estimate_all
+
+    est = estimate_all(g, batch, dtype)
+    base = est["naive"].training
+    lines = [
+        f"Training memory of one step at batch {batch}, {dtype} (estimated from the graph; CPU):",
+        f"{'lowering':<12}{'saved for backward':>20}{'peak activations':>18}{'with gradients':>16}{'vs naive':>10}",
+    ]
+    for name, e in est.items():
+        mark = "  <- this module" if name == chosen else ""
+        lines.append(
+            f"{name:<12}{_mb(e.saved):>20}{_mb(e.peak):>18}{_mb(e.training):>16}{e.training / base:>9.2f}x{mark}"
+        )
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"

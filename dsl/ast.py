@@ -118,6 +118,15 @@ class Let:
 
 
 @dataclass(frozen=True, slots=True)
+class Memory:
+    """`memory shared`: the spec's choice of lowering for its dense blocks."""
+
+    lowering: str
+    span: Span
+    value_span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Section:
     """`stem ...` or `head ...`: a group of operations named as one part of the network."""
 
@@ -138,7 +147,7 @@ class Repeat:
     span: Span
 
 
-Statement = Input | Let | Section | Repeat | Call
+Statement = Input | Let | Memory | Section | Repeat | Call
 
 # ---- top level -----------------------------------------------------------------------------
 

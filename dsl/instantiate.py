@@ -101,6 +101,7 @@ class _Body:
         self.input: spec.Input | None = None
         self.parts: list[spec.Stem | spec.DenseBlock | spec.Transition | spec.Head] = []
         self.layers = 0
+        self.memory: str | None = None
 
     def run(self, body: tuple[ast.Statement, ...], scope: Scope) -> None:
         for stmt in body:
@@ -126,6 +127,17 @@ class _Body:
             scope.values[stmt.name] = evaluate(stmt.value, scope)
             scope.lets[stmt.name] = stmt.value
             scope.where[stmt.name] = stmt.span
+        elif isinstance(stmt, ast.Memory):
+            if stmt.lowering not in spec.LOWERINGS:
+                raise DnetError(
+                    f"unknown memory lowering `{stmt.lowering}`",
+                    stmt.value_span,
+                    help=did_you_mean(stmt.lowering, spec.LOWERINGS)
+                    or "choose one of " + ", ".join(f"`{x}`" for x in spec.LOWERINGS),
+                )
+            if self.memory is not None:
+                raise DnetError("`memory` is set twice", stmt.span)
+            self.memory = stmt.lowering
         elif isinstance(stmt, ast.Section):
             ops = spec.STEM_OPS if stmt.kind == "stem" else spec.HEAD_OPS
             calls = [bind_call(c, ops, scope, f"a `{stmt.kind}`") for c in stmt.calls]
@@ -237,4 +249,6 @@ def _run(name: str, node: ast.NetworkDef, file: str, bindings: dict[str, tuple[A
             help="say what it takes, e.g. `input 3 x 32 x 32` as its first statement",
         )
     params = {p.name: scope.values[p.name] for p in node.parameters}
-    return spec.Network(name=name, file=file, parameters=params, input=body.input, parts=body.parts, span=node.span)
+    return spec.Network(
+        name=name, file=file, parameters=params, input=body.input, parts=body.parts, memory=body.memory, span=node.span
+    )

@@ -22,6 +22,10 @@ MAX_SIZE = 1 << 20
 MAX_REPEAT = 1000
 MAX_SPATIAL_DIMS = 3
 
+# How the compiler may lower dense blocks: see compiler/memory.py. `auto` picks by the memory estimate.
+LOWERINGS = ("naive", "checkpoint", "shared", "auto")
+Lowering = Literal["naive", "checkpoint", "shared", "auto"]
+
 PositiveInt = Annotated[int, Field(gt=0)]
 Size = PositiveInt | tuple[PositiveInt, ...]
 NonNegativeSize = Annotated[int, Field(ge=0)] | tuple[Annotated[int, Field(ge=0)], ...]
@@ -157,6 +161,7 @@ class Network(Node):
     parameters: dict[str, Any] = Field(default_factory=dict, description="the parameters it was built with")
     input: Input
     parts: list[Part]
+    memory: Lowering | None = Field(default=None, description="the lowering the spec asks for, if any")
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def locate(self, error: DnetError) -> DnetError:

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import dsl
 
+DTYPES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+
 EPILOG = """\
 examples:
   dnetc densenet121                          validate a zoo model: params, MACs, input -> output
   dnetc archs/densenet_bc.dnet --set depth=250 --set growth=24
-  dnetc densenet_bc_100_12 --summary         torchinfo's table and a per-block table
+  dnetc densenet_bc_100_12 --summary         torchinfo's table, a per-block table, training memory
+  dnetc densenet_bc_190_40 --summary --batch 64 --memory shared
   dnetc densenet121 --json                   the same figures as JSON
   dnetc figure1 --viz figure1.svg            a diagram (svg, png, pdf or dot)
   dnetc densenet169 --viz --viz-detail block
@@ -56,7 +59,26 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--summary", action="store_true", help="print torchinfo's table and the per-block table")
     p.add_argument("--depth", type=int, default=3, metavar="N", help="how deep torchinfo's table goes (default 3)")
-    p.add_argument("--json", action="store_true", help="print params, MACs, shapes and blocks as JSON")
+    p.add_argument("--json", action="store_true", help="print params, MACs, shapes, blocks and memory as JSON")
+    p.add_argument(
+        "--memory",
+        choices=("naive", "checkpoint", "shared", "auto"),
+        default=None,
+        help="how dense blocks are lowered (default: the spec's `memory`, else naive)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=64,
+        metavar="N",
+        help="batch size for the training-memory estimate and `--memory auto` (default 64)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="element type for the training-memory estimate (default float32)",
+    )
     p.add_argument(
         "--viz",
         nargs="?",
@@ -95,27 +117,36 @@ def run(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     from compiler import build_graph, report
 
+    if args.batch < 1:
+        print(f"error: --batch must be at least 1, not {args.batch}", file=sys.stderr)
+        return 2
     network = dsl.load(args.spec, dsl.parse_overrides(args.overrides))
     g = build_graph(network)
+    memory = args.memory or network.memory or "naive"
     if args.json:
-        print(json.dumps(report.to_json(g), indent=2))
+        data = report.to_json(g)
+        data["memory"] = report.memory_json(g, args.batch, args.dtype)
+        print(json.dumps(data, indent=2))
     elif not args.summary:
         print(report.one_line(g))
     if args.summary:
-        summary(g, args.depth, quiet_table=args.json)
+        summary(g, args.depth, memory, args.batch, args.dtype, quiet_table=args.json)
     if args.viz is not None:
         return draw(g, args.viz or f"{network.name}.svg", args.viz_detail)
     return 0
 
 
-def summary(g, depth: int, quiet_table: bool = False) -> None:
-    """torchinfo's table of the emitted module, then the graph's per-block table, checked against each other."""
+def summary(g, depth: int, memory: str, batch: int, dtype: str, quiet_table: bool = False) -> None:
+    """torchinfo's table of the emitted module, the graph's per-block table (checked against each
+    other), and the estimated training memory of each lowering."""
     import torchinfo
 
     from compiler import report
     from compiler.emit import emit
+    from compiler.memory import choose_lowering
 
-    model = emit(g)
+    lowering = choose_lowering(g, memory, batch)
+    model = emit(g, lowering)
     shape = (1, *g.nodes["input"]["shape"])
     stats = torchinfo.summary(
         model, input_size=shape, depth=depth, verbose=0, col_names=("output_size", "num_params", "mult_adds")
@@ -136,6 +167,8 @@ def summary(g, depth: int, quiet_table: bool = False) -> None:
         file=out,
     )
     print(report.CONVENTION, file=out)
+    print(file=out)
+    print(report.memory_table(g, batch, dtype, lowering), file=out)
 
 
 def draw(g, path: str, detail: str) -> int:

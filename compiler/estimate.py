@@ -1,0 +1,156 @@
+"""Predict a training step's activation memory from the graph alone, for each lowering.
+
+`saved` is what autograd holds for the backward pass when the forward pass ends (each storage once,
+parameters and buffers excluded). `peak` adds what the backward pass allocates on top while it works
+through a dense block (gradient buffers and recomputed scratch), taken at its worst block.
+`training` adds the gradients to the peak. No torch needed: it reads shapes from the graph.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import networkx as nx
+
+DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class Estimate(NamedTuple):
+    saved: int  # bytes held for the backward pass at the end of the forward pass
+    peak: int  # bytes of activations and gradient buffers at the worst moment of the step
+    training: int  # peak plus the parameters' gradients
+
+
+def _elements(g: nx.DiGraph, n: str, batch: int) -> int:
+    return batch * math.prod(g.nodes[n]["shape"])
+
+
+def _storage(g: nx.DiGraph, n: str) -> str:
+    """In-place ReLU writes into its input: both name one storage."""
+    while g.nodes[n]["op"] == "relu":
+        (n,) = g.predecessors(n)
+    return n
+
+
+def _inputs(g: nx.DiGraph, n: str) -> list[str]:
+    return [u for u, _, _ in sorted(g.in_edges(n, data="index"), key=lambda e: e[2])]
+
+
+def _saves(g: nx.DiGraph, n: str, batch: int, size: int, device: str) -> tuple[list[str], int]:
+    """What one op saves for backward in PyTorch: (storages of other nodes' outputs, extra bytes)."""
+    node = g.nodes[n]
+    op = node["op"]
+    ins = _inputs(g, n)
+    if op in ("conv", "avgpool", "linear"):
+        return [_storage(g, ins[0])], 0
+    if op == "norm":  # the input, and the batch mean and inverse std (kept in float32 at least)
+        return [_storage(g, ins[0])], 2 * node["shape"][0] * max(size, 4)
+    if op == "relu":
+        return [_storage(g, n)], 0
+    if op == "maxpool":  # the input and int64 indices of the maxima
+        return [_storage(g, ins[0])], 8 * _elements(g, n, batch)
+    if op == "dropout":  # CPU keeps the scaled noise tensor, CUDA a boolean mask
+        return [], _elements(g, n, batch) * (size if device == "cpu" else 1)
+    return [], 0
+
+
+def _layers(g: nx.DiGraph) -> dict[tuple[str, str], list[str]]:
+    """The nodes of each dense layer, in order, keyed by (block, layer)."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for n in nx.topological_sort(g):
+        d = g.nodes[n]
+        if d["layer"] is not None:
+            out.setdefault((d["unit"], d["layer"]), []).append(n)
+    return out
+
+
+def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: str) -> dict[str, int]:
+    """Bytes each unit holds for backward (a storage counted in the first unit that holds it)."""
+    layers = _layers(g)
+    skip: set[str] = set()  # ops whose saves the lowering avoids
+    held: dict[str, set[str]] = {}  # unit -> storages held by the lowering itself
+    if lowering in ("checkpoint", "shared"):
+        for (unit, _), nodes in layers.items():
+            first_conv = next(i for i, n in enumerate(nodes) if g.nodes[n]["op"] == "conv")
+            segment = nodes[: first_conv + 1]
+            if lowering == "shared":
+                convs = [i for i, n in enumerate(nodes) if g.nodes[n]["op"] == "conv"]
+                # every op's saves are replaced: the block keeps its buffer and each non-final stage's output
+                skip.update(nodes)
+                for c in convs[:-1]:
+                    stage_end = (
+                        nodes[c + 1] if c + 1 < len(nodes) and g.nodes[nodes[c + 1]]["op"] == "dropout" else nodes[c]
+                    )
+                    held.setdefault(unit, set()).add(stage_end)
+                held.setdefault(unit, set()).add(f"{unit}.buffer")
+            else:
+                skip.update(segment)
+                held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, segment[0]))
+    seen: set[str] = set()
+    out: dict[str, int] = {}
+    for n in nx.topological_sort(g):
+        d = g.nodes[n]
+        unit = d["unit"]
+        out.setdefault(unit, 0)
+        if n in skip:
+            continue
+        storages, extra = _saves(g, n, batch, size, device)
+        out[unit] += extra
+        for s in storages:
+            s = _buffer_of(g, s) if lowering == "shared" else s
+            if s not in seen:
+                seen.add(s)
+                out[unit] += _bytes(g, s, batch, size)
+    for unit, storages in held.items():
+        for s in storages:
+            if s not in seen:
+                seen.add(s)
+                out[unit] += _bytes(g, s, batch, size)
+    return out
+
+
+def _buffer_of(g: nx.DiGraph, s: str) -> str:
+    """Under `shared`, a block's output is its buffer."""
+    d = g.nodes.get(s)
+    if d is not None and d["op"] == "concat" and d["layer"] is None and d["unit"].startswith("denseblock"):
+        return f"{d['unit']}.buffer"
+    return s
+
+
+def _bytes(g: nx.DiGraph, storage: str, batch: int, size: int) -> int:
+    if storage.endswith(".buffer"):
+        storage = f"features.{storage[: -len('.buffer')]}.cat"
+    return _elements(g, storage, batch) * size
+
+
+def estimate(g: nx.DiGraph, lowering: str, batch: int = 64, dtype: str = "float32", device: str = "cpu") -> Estimate:
+    size = DTYPE_BYTES[dtype]
+    by_unit = _saved_by_unit(g, lowering, batch, size, device)
+    saved = sum(by_unit.values())
+    # Backward frees each unit's saves as it passes it; at a dense block, what came before is still held.
+    peak = saved
+    held = 0
+    for unit in dict.fromkeys(g.nodes[n]["unit"] for n in nx.topological_sort(g)):
+        held += by_unit.get(unit, 0)
+        info = g.graph["units"].get(unit, {})
+        if info.get("kind") != "dense":
+            continue
+        out = _elements(g, f"features.{unit}.cat", batch)
+        last = _elements(g, f"features.{unit}.{_last_layer(g, unit)}.cat", batch)
+        if lowering == "shared":  # incoming gradient, the shared gradient buffer, one layer's scratch
+            scratch = 3 * out + 4 * last
+        elif lowering == "checkpoint":  # gradients of the output and of each feature, recomputed segment
+            scratch = 2 * out + 4 * last
+        else:
+            scratch = 2 * out + 2 * last
+        peak = max(peak, held + scratch * size)
+    return Estimate(saved, peak, peak + g.graph["params"] * size)
+
+
+def _last_layer(g: nx.DiGraph, unit: str) -> str:
+    return f"denselayer{g.graph['units'][unit]['layers']}"
+
+
+def estimate_all(g: nx.DiGraph, batch: int = 64, dtype: str = "float32", device: str = "cpu") -> dict[str, Estimate]:
+    return {lowering: estimate(g, lowering, batch, dtype, device) for lowering in ("naive", "checkpoint", "shared")}

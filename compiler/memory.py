@@ -1,0 +1,266 @@
+"""Memory-efficient lowerings of a dense block: `checkpoint` and `shared`.
+
+Naive concatenation stores every layer's input (all earlier features, copied) and its BN output for
+the backward pass, so training memory grows quadratically with depth. Both lowerings here compute
+exactly what the naive block computes, with the same parameters, names and RNG draws:
+
+- `checkpoint` recomputes concat+BN+ReLU+conv1 of each layer in the backward pass (PyTorch's
+  non-reentrant checkpointing), updating BN running statistics only on the first pass.
+- `shared` is the scheme of Pleiss et al. (2017): the block's features live in one buffer
+  (N, C_in + n·k, *S) that each layer writes its k channels into; nothing is concatenated. The
+  backward pass recomputes each BN+ReLU from that buffer into scratch storage and gets the conv
+  gradients from the kept tensors directly, accumulating the feature gradients in one shared
+  buffer. What it keeps is linear in depth: the buffer, and each bottleneck's 4k-channel output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .modules import DenseBlock, DenseLayer, Stage
+
+LOWERINGS = ("naive", "checkpoint", "shared")
+
+
+def _recomputed_batch_norm(norm: nn.Module, x: Tensor) -> Tensor:
+    """Batch norm as the forward pass computed it, leaving the running statistics unchanged (momentum 0)."""
+    training = norm.training or norm.running_mean is None
+    return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, training, 0.0, norm.eps)
+
+
+def _needs_backward(x: Tensor, module: nn.Module) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
+class CheckpointDenseBlock(DenseBlock):
+    """Recomputes each layer's concat+BN+ReLU+conv1 in the backward pass instead of storing it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not _needs_backward(x, self):
+            return super().forward(x)
+        features = [x]
+        for layer in self.values():
+            features.append(self._layer(layer, features))
+        return torch.cat(features, 1)
+
+    @staticmethod
+    def _layer(layer: DenseLayer, features: list[Tensor]) -> Tensor:
+        first, *rest = layer.stages()
+        fresh = [True]
+
+        def segment(*inputs: Tensor) -> Tensor:
+            x = torch.cat(inputs, 1)
+            # the first call is the forward pass, where the module updates its running statistics; the
+            # recomputation blends them with weight 0, keeping them as they are and the saved tensors alike
+            x = first.norm(x) if fresh[0] else _recomputed_batch_norm(first.norm, x)
+            fresh[0] = False
+            return first.conv(first.relu(x))
+
+        h = checkpoint(segment, *features, use_reentrant=False)
+        if first.dropout is not None:
+            h = first.dropout(h)
+        for stage in rest:
+            h = stage.conv(stage.relu(stage.norm(h)))
+            if stage.dropout is not None:
+                h = stage.dropout(h)
+        return h
+
+
+def _rng_state(device: torch.device) -> Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _replayed_mask(dropout: nn.Module, like: Tensor, state: Tensor) -> Tensor:
+    """The dropout's keep mask, already scaled by 1/(1-p), drawn again from the forward pass's RNG state."""
+    devices = [like.device] if like.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=like.device.type):
+        if like.device.type == "cuda":
+            torch.cuda.set_rng_state(state, like.device)
+        else:
+            torch.set_rng_state(state)
+        return dropout(torch.ones_like(like))
+
+
+class SharedDenseBlock(DenseBlock):
+    """Keeps the block's features in one buffer and recomputes BN+ReLU in the backward pass."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not _needs_backward(x, self):
+            return self._run(x, None)
+        return _SharedBlock.apply(self, x, *_parameters(self))
+
+    def _run(self, x: Tensor, record: dict[str, Any] | None) -> Tensor:
+        """Run every layer, writing its new features into the block's buffer; `record` keeps what backward needs."""
+        layers = list(self.values())
+        n, c0 = x.shape[0], x.shape[1]
+        buffer: Tensor | None = None
+        position = c0
+        for layer in layers:
+            h = x if buffer is None else buffer[:, :position].contiguous(memory_format=_memory_format(x))
+            kept, states = [], []
+            stages = layer.stages()
+            for s, stage in enumerate(stages):
+                h = stage.conv(stage.relu(stage.norm(h)))
+                if stage.dropout is not None and stage.dropout.training and stage.dropout.p > 0:
+                    states.append(_rng_state(h.device))
+                    h = stage.dropout(h)
+                else:
+                    states.append(None)
+                if s < len(stages) - 1:
+                    kept.append(h)
+            if buffer is None:
+                total = c0 + len(layers) * h.shape[1]
+                fmt = _memory_format(x)
+                dtype = torch.promote_types(x.dtype, h.dtype)
+                buffer = x.new_empty((n, total, *x.shape[2:]), dtype=dtype).contiguous(memory_format=fmt)
+                buffer[:, :c0] = x
+            buffer[:, position : position + h.shape[1]] = h
+            position += h.shape[1]
+            if record is not None:
+                record["kept"].append(kept)
+                record["rng"].append(states)
+        assert buffer is not None
+        return buffer
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+class _SharedBlock(torch.autograd.Function):
+    """The whole dense block as one autograd node, so that the feature buffer can be written in place."""
+
+    @staticmethod
+    def forward(ctx: Any, block: SharedDenseBlock, x: Tensor, *params: Tensor) -> Tensor:
+        record: dict[str, Any] = {"kept": [], "rng": []}
+        buffer = block._run(x, record)
+        device = x.device.type
+        ctx.block = block
+        ctx.rng = record["rng"]
+        ctx.input_channels, ctx.input_dtype = x.shape[1], x.dtype
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.layout = [len(k) for k in record["kept"]]
+        ctx.save_for_backward(buffer, *[t for kept in record["kept"] for t in kept])
+        return buffer
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        buffer, *flat = ctx.saved_tensors
+        block: SharedDenseBlock = ctx.block
+        _, autocast_on, autocast_dtype = ctx.autocast
+        compute_dtype = autocast_dtype if autocast_on else None
+        kept = []
+        for count in ctx.layout:
+            kept.append(flat[:count])
+            flat = flat[count:]
+        grads: dict[Tensor, Tensor] = {}
+        fmt = _memory_format(buffer)
+        shared_grad = grad.clone(memory_format=fmt)  # the block's one gradient buffer
+        layers = list(block.values())
+        position = buffer.shape[1]
+        for li in reversed(range(len(layers))):
+            stages = layers[li].stages()
+            growth = stages[-1].conv.out_channels
+            position -= growth
+            g = shared_grad[:, position : position + growth]
+            for s in reversed(range(len(stages))):
+                if s == 0:  # the layer's input: all earlier features, read from the buffer
+                    source = buffer[:, :position].contiguous(memory_format=fmt)
+                    source = source.to(ctx.input_dtype) if li == 0 else source
+                else:
+                    source = kept[li][s - 1]
+                if ctx.rng[li][s] is not None:
+                    g = g * _replayed_mask(stages[s].dropout, g, ctx.rng[li][s])
+                g = _stage_backward(stages[s], source, g, grads, compute_dtype)
+            shared_grad[:, :position] += g
+        grad_x = shared_grad[:, : ctx.input_channels].to(ctx.input_dtype)
+        return (None, grad_x, *[grads.get(p) for p in _parameters(block)])
+
+
+def _parameters(block: DenseBlock) -> list[Tensor]:
+    """The parameters the shared block's backward pass returns gradients for, in a fixed order."""
+    return [p for layer in block.values() for s in layer.stages() for p in (s.norm.weight, s.norm.bias, s.conv.weight)]
+
+
+def _stage_backward(
+    stage: Stage, source: Tensor, grad_out: Tensor, grads: dict[Tensor, Tensor], autocast_dtype: torch.dtype | None
+) -> Tensor:
+    """Gradients through conv(relu(norm(source))): norm and relu recomputed, the convolution not.
+
+    Explicit ATen backward ops, not a nested autograd pass: a graph built inside a backward pass
+    would keep each layer's scratch alive until the whole backward pass ends.
+    """
+    norm, conv = stage.norm, stage.conv
+    x = source.detach()
+    stats = (None, None) if norm.training else (norm.running_mean, norm.running_var)
+    t, mean, invstd = torch.ops.aten.native_batch_norm(
+        x, norm.weight.detach(), norm.bias.detach(), *stats, norm.training, 0.0, norm.eps
+    )
+    t = t.relu_()
+    dtype = autocast_dtype if autocast_dtype is not None else t.dtype
+    grad_t, grad_w, _ = torch.ops.aten.convolution_backward(
+        grad_out.to(dtype),
+        t.to(dtype),
+        conv.weight.detach().to(dtype),
+        None,
+        list(conv.stride),
+        list(conv.padding),
+        list(conv.dilation),
+        False,
+        [0] * (t.dim() - 2),
+        conv.groups,
+        [True, True, False],
+    )
+    grad_t = torch.ops.aten.threshold_backward(grad_t.to(t.dtype), t, 0)
+    del t
+    grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+        grad_t, x, norm.weight.detach(), *stats, mean, invstd, norm.training, norm.eps, [True, True, True]
+    )
+    grads[conv.weight] = grad_w.to(conv.weight.dtype)
+    grads[norm.weight] = grad_weight
+    grads[norm.bias] = grad_bias
+    return grad_x
+
+
+BLOCKS: dict[str, type[DenseBlock]] = {
+    "naive": DenseBlock,
+    "checkpoint": CheckpointDenseBlock,
+    "shared": SharedDenseBlock,
+}
+
+
+def available_memory(device: torch.device | str | None = None) -> int:
+    """Bytes free for a training step on the device: free CUDA memory, or available RAM on the CPU."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def choose_lowering(g: Any, requested: str, batch: int = 64, device: torch.device | str | None = None) -> str:
+    """`auto`: the naive lowering (fastest) when its estimated step fits in 80% of free memory, else `shared`."""
+    if requested != "auto":
+        return requested
+    from .estimate import estimate
+
+    kind = torch.device(device).type if device is not None else "cpu"
+    need = estimate(g, "naive", batch, "float32", kind).training
+    return "naive" if need <= 0.8 * available_memory(device) else "shared"
