@@ -3,10 +3,11 @@
     python bench/memory.py                      # CPU (and CUDA when present), writes bench/results/
     python bench/memory.py --quick              # a small run to try it out
 
-Each (model, lowering) runs in a fresh subprocess, so that its peak memory is its own: on CUDA
-`torch.cuda.max_memory_allocated` above what was allocated before the step, on the CPU the rise of
-the peak resident set size during the first step. Step time is the median of the timed steps that
-follow a warm-up step (forward, backward and SGD step). The graph's estimate is reported beside
+Peak memory: each (model, lowering) in a fresh subprocess, one warm-up step, then the rise of
+`torch.cuda.max_memory_allocated` (CUDA) or of the peak resident set size (CPU, the peak reset
+through /proc/self/clear_refs) during the next step, above what was held before it. Step time: the
+three lowerings of a model in one subprocess, interleaved step by step so that drift cancels, the
+median over the rounds (forward, backward and SGD step). The graph's estimate is reported beside
 each measurement. Writes JSON, a Markdown table and a PNG of memory against depth.
 """
 
@@ -16,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,11 +35,9 @@ def suite(quick: bool, device: str) -> list[dict]:
     """(spec, overrides, batch) of every run: DenseNet-BC over depth at k=12 and k=40, then zoo models."""
     gpu = device == "cuda"
     runs = []
-    depths12 = [40, 100] if quick else [40, 70, 100, 160, 250]
-    depths40 = [40] if quick else [40, 100, 190]
-    for d in depths12:
-        runs.append({"spec": "densenet_bc", "set": {"depth": d, "growth": 12}, "batch": 64 if not quick else 16})
-    for d in depths40:
+    for d in [40, 100] if quick else [40, 70, 100, 160, 250]:
+        runs.append({"spec": "densenet_bc", "set": {"depth": d, "growth": 12}, "batch": 16 if quick else 64})
+    for d in [40] if quick else [40, 100, 190]:
         runs.append({"spec": "densenet_bc", "set": {"depth": d, "growth": 40}, "batch": 64 if gpu else 8})
     if not quick:
         for name in ("densenet_40_12", "wide_densenet_bc_40_36"):
@@ -49,74 +47,10 @@ def suite(quick: bool, device: str) -> list[dict]:
     return runs
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def measure(spec: str, overrides: dict, batch: int, lowering: str, device: str, steps: int) -> dict:
-    """One (model, lowering) in this process: peak memory of the first step, median step time."""
-    import torch
-
-    import compiler
-    import dsl
-    from compiler.estimate import estimate
-
-    torch.manual_seed(0)
-    network = dsl.load(spec, **overrides)
-    g = compiler.build_graph(network)
-    model = compiler.compile(network, memory=lowering).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    x = torch.randn(batch, *g.nodes["input"]["shape"], device=device)
-    classes = g.nodes[g.graph["output"]]["shape"][0]
-    y = torch.randint(0, classes, (batch,), device=device)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        import gc
-
-        gc.collect()
-        before = _rss()
-        high_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        step()
-        high = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        peak = high - before if high > high_before else None
-    times = []
-    for _ in range(steps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    est = estimate(g, lowering, batch, "float32", device)
-    return {
-        "spec": spec,
-        "set": overrides,
-        "name": g.graph["name"] + "".join(f" {k}={v}" for k, v in overrides.items()),
-        "depth": overrides.get("depth"),
-        "growth": overrides.get("growth"),
-        "batch": batch,
-        "lowering": lowering,
-        "device": device,
-        "params": g.graph["params"],
-        "peak_bytes": peak,
-        "estimated_bytes": est.training,
-        "feature_bytes": sum(4 * batch * _prod(d["shape"]) for n, d in g.nodes(data=True) if n.endswith(".cat")),
-        "step_s": statistics.median(times),
-    }
+def _status(field: str) -> int:
+    """A size from /proc/self/status (VmRSS, VmHWM), in bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
 def _prod(shape: tuple[int, ...]) -> int:
@@ -126,9 +60,94 @@ def _prod(shape: tuple[int, ...]) -> int:
     return out
 
 
+def _setup(spec: str, overrides: dict, batch: int, lowering: str, device: str):
+    import torch
+
+    import compiler
+    import dsl
+
+    torch.manual_seed(0)
+    network = dsl.load(spec, **overrides)
+    g = compiler.build_graph(network)
+    model = compiler.compile(network, memory=lowering).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    x = torch.randn(batch, *g.nodes["input"]["shape"], device=device)
+    y = torch.randint(0, g.nodes[g.graph["output"]]["shape"][0], (batch,), device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return g, step
+
+
+def peak_memory(spec: str, overrides: dict, batch: int, lowering: str, device: str) -> dict:
+    """Peak memory of a training step above what was held before it, after a warm-up step."""
+    import gc
+
+    import torch
+
+    from compiler.estimate import estimate
+
+    g, step = _setup(spec, overrides, batch, lowering, device)
+    step()  # warm-up: one-time allocations, optimizer state
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set size
+        before = _status("VmRSS")
+        step()
+        peak = _status("VmHWM") - before
+    return {
+        "peak_bytes": peak,
+        "estimated_bytes": estimate(g, lowering, batch, "float32", device).training,
+        "params": g.graph["params"],
+        "feature_bytes": sum(4 * batch * _prod(d["shape"]) for n, d in g.nodes(data=True) if n.endswith(".cat")),
+    }
+
+
+def step_times(spec: str, overrides: dict, batch: int, device: str, rounds: int) -> dict[str, float]:
+    """Median step time of each lowering, interleaved round by round so that drift cancels."""
+    steps = {lowering: _setup(spec, overrides, batch, lowering, device)[1] for lowering in LOWERINGS}
+    times: dict[str, list[float]] = {lowering: [] for lowering in LOWERINGS}
+    for step in steps.values():
+        step()
+    for _ in range(rounds):
+        for lowering, step in steps.items():
+            t = time.perf_counter()
+            step()
+            times[lowering].append(time.perf_counter() - t)
+    return {lowering: statistics.median(ts) for lowering, ts in times.items()}
+
+
 def child(args: argparse.Namespace) -> None:
     run = json.loads(args.child)
-    print(json.dumps(measure(run["spec"], run["set"], run["batch"], run["lowering"], run["device"], args.steps)))
+    if run["what"] == "memory":
+        out = peak_memory(run["spec"], run["set"], run["batch"], run["lowering"], run["device"])
+    else:
+        out = step_times(run["spec"], run["set"], run["batch"], run["device"], args.steps)
+    print(json.dumps(out))
+
+
+def _subprocess(run: dict, steps: int) -> dict | None:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(run), "--steps", str(steps)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(MALLOC if run["what"] == "memory" else {})},
+    )
+    if proc.returncode != 0:
+        print(f"failed: {run}\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def machine(device: str) -> str:
@@ -145,9 +164,9 @@ def machine(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
-def table(results: list[dict], device: str) -> str:
+def table(results: list[dict], device: str, machine_name: str) -> str:
     lines = [
-        f"Peak training-step memory and step time, {device} ({machine(device)}), float32, SGD:",
+        f"Training step of each lowering, {device} ({machine_name}), float32, SGD with Nesterov momentum:",
         "",
         "| model | batch | lowering | peak memory | vs naive | estimate error | step time | vs naive |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
@@ -162,12 +181,12 @@ def table(results: list[dict], device: str) -> str:
             if r is None:
                 continue
             peak = r["peak_bytes"]
-            mem = f"{peak / 2**20:,.0f} MiB" if peak else "n/a"
-            ratio = f"{peak / base['peak_bytes']:.2f}x" if peak and base and base["peak_bytes"] else ""
-            err = f"{(r['estimated_bytes'] - peak) / peak:+.0%}" if peak else ""
+            ratio = f"{peak / base['peak_bytes']:.2f}x" if base else ""
+            err = f"{(r['estimated_bytes'] - peak) / peak:+.0%}"
             speed = f"{r['step_s'] / base['step_s']:.2f}x" if base else ""
             lines.append(
-                f"| {name} | {r['batch']} | {lowering} | {mem} | {ratio} | {err} | {r['step_s']:.3f} s | {speed} |"
+                f"| {name} | {r['batch']} | {lowering} | {peak / 2**20:,.0f} MiB | {ratio} | {err} "
+                f"| {r['step_s']:.3f} s | {speed} |"
             )
     return "\n".join(lines)
 
@@ -180,7 +199,7 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, growth in zip(axes, (12, 40), strict=True):
-        rows = [r for r in results if r["spec"] == "densenet_bc" and r["growth"] == growth and r["peak_bytes"]]
+        rows = [r for r in results if r["spec"] == "densenet_bc" and r["growth"] == growth]
         for lowering, style in zip(LOWERINGS, ("o-", "s--", "^-"), strict=True):
             pts = sorted((r["depth"], r["peak_bytes"] / 2**30) for r in rows if r["lowering"] == lowering)
             if pts:
@@ -196,7 +215,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few small runs")
-    p.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up step (default 3)")
+    p.add_argument("--steps", type=int, default=5, help="timed rounds after a warm-up step (default 5)")
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -211,29 +230,26 @@ def main() -> None:
     for device in devices:
         results = []
         for run in suite(args.quick, device):
+            name = run["spec"] + "".join(f" {k}={v}" for k, v in run["set"].items())
+            times = _subprocess({**run, "what": "time", "device": device}, args.steps)
             for lowering in LOWERINGS:
-                spec = json.dumps({**run, "lowering": lowering, "device": device})
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--child", spec, "--steps", str(args.steps)],
-                    capture_output=True,
-                    text=True,
-                    env={**os.environ, "PYTHONPATH": str(ROOT), **MALLOC},
-                )
-                if proc.returncode != 0:
-                    print(f"failed: {spec}\n{proc.stderr[-2000:]}", file=sys.stderr)
+                mem = _subprocess({**run, "what": "memory", "device": device, "lowering": lowering}, args.steps)
+                if mem is None or times is None:
                     continue
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                r = {**run, **mem, "name": name, "lowering": lowering, "device": device, "step_s": times[lowering]}
+                r |= {"depth": run["set"].get("depth"), "growth": run["set"].get("growth")}
                 results.append(r)
-                peak = f"{r['peak_bytes'] / 2**20:,.0f} MiB" if r["peak_bytes"] else "n/a"
                 print(
-                    f"{device} {r['name']:<34} batch {r['batch']:>3} {lowering:<10} {peak:>12} {r['step_s']:.3f} s",
+                    f"{device} {name:<34} batch {r['batch']:>3} {lowering:<10} "
+                    f"{r['peak_bytes'] / 2**20:>10,.0f} MiB {r['step_s']:.3f} s",
                     flush=True,
                 )
         stem = args.out / f"memory-{device}{'-quick' if args.quick else ''}"
-        stem.with_suffix(".json").write_text(json.dumps({"machine": machine(device), "results": results}, indent=2))
-        stem.with_suffix(".md").write_text(table(results, device) + "\n")
+        name = machine(device)
+        stem.with_suffix(".json").write_text(json.dumps({"machine": name, "results": results}, indent=2))
+        stem.with_suffix(".md").write_text(table(results, device, name) + "\n")
         plot(results, stem.with_suffix(".png"))
-        print(table(results, device))
+        print(table(results, device, name))
 
 
 if __name__ == "__main__":

@@ -102,10 +102,15 @@ class SharedDenseBlock(DenseBlock):
         position = c0
         for layer in layers:
             h = x if buffer is None else buffer[:, :position].contiguous(memory_format=_memory_format(x))
-            kept, states = [], []
+            kept, states, stats = [], [], []
             stages = layer.stages()
             for s, stage in enumerate(stages):
-                h = stage.conv(stage.relu(stage.norm(h)))
+                if record is None:
+                    h = stage.norm(h)
+                else:  # keep the batch statistics, so that backward need not compute them again
+                    h, mean, invstd = _batch_norm(stage.norm, h)
+                    stats.append((mean, invstd))
+                h = stage.conv(stage.relu(h))
                 if stage.dropout is not None and stage.dropout.training and stage.dropout.p > 0:
                     states.append(_rng_state(h.device))
                     h = stage.dropout(h)
@@ -122,6 +127,7 @@ class SharedDenseBlock(DenseBlock):
             buffer[:, position : position + h.shape[1]] = h
             position += h.shape[1]
             if record is not None:
+                record["stats"].append(stats)
                 record["kept"].append(kept)
                 record["rng"].append(states)
         assert buffer is not None
@@ -141,11 +147,12 @@ class _SharedBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, block: SharedDenseBlock, x: Tensor, *params: Tensor) -> Tensor:
-        record: dict[str, Any] = {"kept": [], "rng": []}
+        record: dict[str, Any] = {"kept": [], "rng": [], "stats": []}
         buffer = block._run(x, record)
         device = x.device.type
         ctx.block = block
         ctx.rng = record["rng"]
+        ctx.stats = record["stats"]
         ctx.input_channels, ctx.input_dtype = x.shape[1], x.dtype
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.layout = [len(k) for k in record["kept"]]
@@ -180,7 +187,7 @@ class _SharedBlock(torch.autograd.Function):
                     source = kept[li][s - 1]
                 if ctx.rng[li][s] is not None:
                     g = g * _replayed_mask(stages[s].dropout, g, ctx.rng[li][s])
-                g = _stage_backward(stages[s], source, g, grads, compute_dtype)
+                g = _stage_backward(stages[s], source, g, ctx.stats[li][s], grads, compute_dtype)
             shared_grad[:, :position] += g
         grad_x = shared_grad[:, : ctx.input_channels].to(ctx.input_dtype)
         return (None, grad_x, *[grads.get(p) for p in _parameters(block)])
@@ -191,8 +198,27 @@ def _parameters(block: DenseBlock) -> list[Tensor]:
     return [p for layer in block.values() for s in layer.stages() for p in (s.norm.weight, s.norm.bias, s.conv.weight)]
 
 
+def _batch_norm(norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """What the BN module computes (running statistics updated once), with the batch's mean and 1/std."""
+    if not norm.training:
+        return norm(x), None, None
+    momentum = norm.momentum
+    if norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+        if momentum is None:
+            momentum = 1.0 / float(norm.num_batches_tracked)
+    return torch.ops.aten.native_batch_norm(
+        x, norm.weight, norm.bias, norm.running_mean, norm.running_var, True, momentum or 0.0, norm.eps
+    )
+
+
 def _stage_backward(
-    stage: Stage, source: Tensor, grad_out: Tensor, grads: dict[Tensor, Tensor], autocast_dtype: torch.dtype | None
+    stage: Stage,
+    source: Tensor,
+    grad_out: Tensor,
+    stats: tuple[Tensor | None, Tensor | None],
+    grads: dict[Tensor, Tensor],
+    autocast_dtype: torch.dtype | None,
 ) -> Tensor:
     """Gradients through conv(relu(norm(source))): norm and relu recomputed, the convolution not.
 
@@ -201,10 +227,15 @@ def _stage_backward(
     """
     norm, conv = stage.norm, stage.conv
     x = source.detach()
-    stats = (None, None) if norm.training else (norm.running_mean, norm.running_var)
-    t, mean, invstd = torch.ops.aten.native_batch_norm(
-        x, norm.weight.detach(), norm.bias.detach(), *stats, norm.training, 0.0, norm.eps
-    )
+    weight, bias = norm.weight.detach(), norm.bias.detach()
+    mean, invstd = stats
+    running = (None, None) if norm.training else (norm.running_mean, norm.running_var)
+    if mean is None:  # eval mode: normalise with the running statistics
+        t, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, *running, False, 0.0, norm.eps)
+    else:  # one elementwise pass with the forward pass's statistics
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        scale = invstd * weight
+        t = torch.addcmul((bias - mean * scale).view(shape), x, scale.view(shape)).to(x.dtype)
     t = t.relu_()
     dtype = autocast_dtype if autocast_dtype is not None else t.dtype
     grad_t, grad_w, _ = torch.ops.aten.convolution_backward(
@@ -223,7 +254,7 @@ def _stage_backward(
     grad_t = torch.ops.aten.threshold_backward(grad_t.to(t.dtype), t, 0)
     del t
     grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-        grad_t, x, norm.weight.detach(), *stats, mean, invstd, norm.training, norm.eps, [True, True, True]
+        grad_t, x, weight, *running, mean, invstd, norm.training, norm.eps, [True, True, True]
     )
     grads[conv.weight] = grad_w.to(conv.weight.dtype)
     grads[norm.weight] = grad_weight
