@@ -5,7 +5,8 @@
 
 Peak memory: each (model, lowering) in a fresh subprocess, one warm-up step, then the rise of
 `torch.cuda.max_memory_allocated` (CUDA) or of the peak resident set size (CPU, the peak reset
-through /proc/self/clear_refs) during the next step, above what was held before it. Step time: the
+through /proc/self/clear_refs) during the next step, above the parameters and optimizer state held
+before it (activations, gradients, scratch). Step time: the
 three lowerings of a model in one subprocess, interleaved step by step so that drift cancels, the
 median over the rounds (forward, backward and SGD step). The graph's estimate is reported beside
 each measurement. Writes JSON, a Markdown table and a PNG of memory against depth.
@@ -81,7 +82,7 @@ def _setup(spec: str, overrides: dict, batch: int, lowering: str, device: str):
         if device == "cuda":
             torch.cuda.synchronize()
 
-    return g, step
+    return g, step, model
 
 
 def peak_memory(spec: str, overrides: dict, batch: int, lowering: str, device: str) -> dict:
@@ -92,8 +93,9 @@ def peak_memory(spec: str, overrides: dict, batch: int, lowering: str, device: s
 
     from compiler.estimate import estimate
 
-    g, step = _setup(spec, overrides, batch, lowering, device)
+    g, step, model = _setup(spec, overrides, batch, lowering, device)
     step()  # warm-up: one-time allocations, optimizer state
+    model.zero_grad(set_to_none=True)  # what the step holds above the parameters and optimizer state
     gc.collect()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

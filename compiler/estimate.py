@@ -3,7 +3,8 @@
 `saved` is what autograd holds for the backward pass when the forward pass ends (each storage once,
 parameters and buffers excluded). `peak` adds what the backward pass allocates on top while it works
 through a dense block (gradient buffers and recomputed scratch), taken at its worst block.
-`training` adds the gradients to the peak. No torch needed: it reads shapes from the graph.
+`training` also counts the parameters' gradients allocated by then: the step's peak above what the
+parameters and the optimizer's state take. No torch needed: it reads shapes from the graph.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 class Estimate(NamedTuple):
     saved: int  # bytes held for the backward pass at the end of the forward pass
     peak: int  # bytes of activations and gradient buffers at the worst moment of the step
-    training: int  # peak plus the parameters' gradients
+    training: int  # peak with the parameter gradients that exist by then
 
 
 def _elements(g: nx.DiGraph, n: str, batch: int) -> int:
@@ -127,25 +128,30 @@ def _bytes(g: nx.DiGraph, storage: str, batch: int, size: int) -> int:
 def estimate(g: nx.DiGraph, lowering: str, batch: int = 64, dtype: str = "float32", device: str = "cpu") -> Estimate:
     size = DTYPE_BYTES[dtype]
     by_unit = _saved_by_unit(g, lowering, batch, size, device)
+    units = list(dict.fromkeys(g.nodes[n]["unit"] for n in nx.topological_sort(g)))
+    params = {u: 0 for u in units}
+    for _, d in g.nodes(data=True):
+        params[d["unit"]] += d["params"] * size
     saved = sum(by_unit.values())
-    # Backward frees each unit's saves as it passes it; at a dense block, what came before is still held.
-    peak = saved
+    # Backward frees each unit's saves as it passes it and allocates its parameters' gradients: at a
+    # dense block, the units before it still hold their saves, the units after it have their gradients.
+    peak, training = saved, max(saved, sum(params.values()))
     held = 0
-    for unit in dict.fromkeys(g.nodes[n]["unit"] for n in nx.topological_sort(g)):
+    for i, unit in enumerate(units):
         held += by_unit.get(unit, 0)
-        info = g.graph["units"].get(unit, {})
-        if info.get("kind") != "dense":
+        if g.graph["units"].get(unit, {}).get("kind") != "dense":
             continue
         out = _elements(g, f"features.{unit}.cat", batch)
         last = _elements(g, f"features.{unit}.{_last_layer(g, unit)}.cat", batch)
-        if lowering == "shared":  # incoming gradient, the shared gradient buffer, one layer's scratch
-            scratch = 3 * out + 4 * last
-        elif lowering == "checkpoint":  # gradients of the output and of each feature, recomputed segment
-            scratch = 2 * out + 4 * last
-        else:
+        if lowering == "naive":  # gradients of the output and of each feature, one layer's scratch
             scratch = 2 * out + 2 * last
+        elif lowering == "checkpoint":  # the same, and the recomputed concat and BN output
+            scratch = 2 * out + 4 * last
+        else:  # incoming gradient, the shared gradient buffer, one layer's scratch
+            scratch = 2 * out + 4 * last
         peak = max(peak, held + scratch * size)
-    return Estimate(saved, peak, peak + g.graph["params"] * size)
+        training = max(training, held + scratch * size + sum(params[u] for u in units[i:]))
+    return Estimate(saved, peak, training)
 
 
 def _last_layer(g: nx.DiGraph, unit: str) -> str:

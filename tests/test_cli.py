@@ -128,3 +128,25 @@ def test_version_help_and_zoo(cli):
 def test_console_script(tmp_path):
     r = subprocess.run(["dnetc", "figure1"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("figure1: 3,704 params")
+
+
+def test_summary_prints_training_memory_per_lowering(cli):
+    r = cli("densenet_bc_100_12", "--summary", "--depth", "1", "--batch", "32", "--memory", "shared")
+    assert r.returncode == 0, r.stderr
+    assert "Training memory of one step at batch 32, float32" in r.stdout
+    rows = {
+        line.split()[0]: line
+        for line in r.stdout.splitlines()
+        if line.split()[:1] in (["naive"], ["checkpoint"], ["shared"])
+    }
+    assert set(rows) == {"naive", "checkpoint", "shared"}
+    assert "<- this module" in rows["shared"] and "1.00x" in rows["naive"]
+
+
+def test_json_has_the_memory_estimate(cli):
+    r = cli("densenet_bc_190_40", "--json", "--batch", "64")
+    data = json.loads(r.stdout)["memory"]
+    assert data["batch"] == 64 and data["dtype"] == "float32"
+    assert data["shared"]["training"] <= 0.2 * data["naive"]["training"]
+    r = cli("densenet_bc_100_12", "--json", "--batch", "0")
+    assert r.returncode == 2 and "--batch must be at least 1" in r.stderr
