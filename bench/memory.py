@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LOWERINGS = ("naive", "checkpoint", "shared")
+sys.path.insert(0, str(ROOT))
+from dsl.spec import LOWERINGS  # noqa: E402
+
 # glibc keeps freed blocks of up to 32 MB in its heap once its thresholds adapt, so that the resident
 # set stays high after tensors are freed; fixed thresholds return every large block to the system,
 # and the peak resident set then follows the bytes the step really holds.
@@ -214,16 +216,43 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write(stem: Path, device: str, name: str, results: list[dict]) -> None:
+    stem.with_suffix(".json").write_text(json.dumps({"machine": name, "results": results}, indent=2))
+    stem.with_suffix(".md").write_text(table(results, device, name) + "\n")
+    plot(results, stem.with_suffix(".png"))
+    print(table(results, device, name))
+
+
+def rerender(out: Path) -> None:
+    import compiler
+    import dsl
+    from compiler.estimate import estimate
+
+    for path in sorted(out.glob("memory-*.json")):
+        data = json.loads(path.read_text())
+        for r in data["results"]:
+            g = compiler.build_graph(dsl.load(r["spec"], **r["set"]))
+            r["estimated_bytes"] = estimate(g, r["lowering"], r["batch"], "float32", r["device"]).training
+        write(path.with_suffix(""), data["results"][0]["device"], data["machine"], data["results"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few small runs")
     p.add_argument("--steps", type=int, default=5, help="timed rounds after a warm-up step (default 5)")
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument(
+        "--rerender",
+        action="store_true",
+        help="redo the estimates, table and plot of the stored measurements with the current estimator",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
+    if args.rerender:
+        return rerender(args.out)
     import torch
 
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -246,12 +275,7 @@ def main() -> None:
                     f"{r['peak_bytes'] / 2**20:>10,.0f} MiB {r['step_s']:.3f} s",
                     flush=True,
                 )
-        stem = args.out / f"memory-{device}{'-quick' if args.quick else ''}"
-        name = machine(device)
-        stem.with_suffix(".json").write_text(json.dumps({"machine": name, "results": results}, indent=2))
-        stem.with_suffix(".md").write_text(table(results, device, name) + "\n")
-        plot(results, stem.with_suffix(".png"))
-        print(table(results, device, name))
+        write(args.out / f"memory-{device}{'-quick' if args.quick else ''}", device, machine(device), results)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ def compile(
     else:
         network = dsl.load(path_or_spec, **overrides)
     requested = memory or network.memory or "naive"
-    if requested not in dsl.spec.LOWERINGS:
-        raise ValueError(f"memory must be one of {', '.join(dsl.spec.LOWERINGS)}, not {requested!r}")
+    if requested not in dsl.spec.MEMORY_CHOICES:
+        raise ValueError(f"memory must be one of {', '.join(dsl.spec.MEMORY_CHOICES)}, not {requested!r}")
     g = build_graph(network)
     return emit(g, choose_lowering(g, requested, batch, device))
 

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import networkx as nx
 
+from dsl import spec
+
 DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -147,8 +149,8 @@ def estimate(g: nx.DiGraph, lowering: str, batch: int = 64, dtype: str = "float3
             scratch = 2 * out + 2 * last
         elif lowering == "checkpoint":  # the same, and the recomputed concat and BN output
             scratch = 2 * out + 4 * last
-        else:  # incoming gradient, the shared gradient buffer, one layer's scratch
-            scratch = 2 * out + 4 * last
+        else:  # incoming gradient, the shared gradient buffer, one layer's recomputed scratch
+            scratch = 2 * out + 5 * last
         peak = max(peak, held + scratch * size)
         training = max(training, held + scratch * size + sum(params[u] for u in units[i:]))
     return Estimate(saved, peak, training)
@@ -159,4 +161,4 @@ def _last_layer(g: nx.DiGraph, unit: str) -> str:
 
 
 def estimate_all(g: nx.DiGraph, batch: int = 64, dtype: str = "float32", device: str = "cpu") -> dict[str, Estimate]:
-    return {lowering: estimate(g, lowering, batch, dtype, device) for lowering in ("naive", "checkpoint", "shared")}
+    return {lowering: estimate(g, lowering, batch, dtype, device) for lowering in spec.LOWERINGS}

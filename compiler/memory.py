@@ -24,8 +24,6 @@ from torch.utils.checkpoint import checkpoint
 
 from .modules import DenseBlock, DenseLayer, Stage
 
-LOWERINGS = ("naive", "checkpoint", "shared")
-
 
 def _recomputed_batch_norm(norm: nn.Module, x: Tensor) -> Tensor:
     """Batch norm as the forward pass computed it, leaving the running statistics unchanged (momentum 0)."""

@@ -128,12 +128,12 @@ class _Body:
             scope.lets[stmt.name] = stmt.value
             scope.where[stmt.name] = stmt.span
         elif isinstance(stmt, ast.Memory):
-            if stmt.lowering not in spec.LOWERINGS:
+            if stmt.lowering not in spec.MEMORY_CHOICES:
                 raise DnetError(
                     f"unknown memory lowering `{stmt.lowering}`",
                     stmt.value_span,
-                    help=did_you_mean(stmt.lowering, spec.LOWERINGS)
-                    or "choose one of " + ", ".join(f"`{x}`" for x in spec.LOWERINGS),
+                    help=did_you_mean(stmt.lowering, spec.MEMORY_CHOICES)
+                    or "choose one of " + ", ".join(f"`{x}`" for x in spec.MEMORY_CHOICES),
                 )
             if self.memory is not None:
                 raise DnetError("`memory` is set twice", stmt.span)

@@ -22,8 +22,9 @@ MAX_SIZE = 1 << 20
 MAX_REPEAT = 1000
 MAX_SPATIAL_DIMS = 3
 
-# How the compiler may lower dense blocks: see compiler/memory.py. `auto` picks by the memory estimate.
-LOWERINGS = ("naive", "checkpoint", "shared", "auto")
+# How the compiler may lower dense blocks (compiler/memory.py); `auto` picks one by the memory estimate.
+LOWERINGS = ("naive", "checkpoint", "shared")
+MEMORY_CHOICES = (*LOWERINGS, "auto")
 Lowering = Literal["naive", "checkpoint", "shared", "auto"]
 
 PositiveInt = Annotated[int, Field(gt=0)]

@@ -28,3 +28,10 @@ def test_example_compiles(doc, index, text):
 
 def test_there_are_examples():
     assert len(BLOCKS) >= 7
+
+
+def test_readme_shows_the_benchmark_as_measured():
+    readme = (ROOT / "README.md").read_text()
+    shown = re.search(r"<!-- memory:start -->\n(.*?)<!-- memory:end -->", readme, re.S)
+    assert shown, "README.md has no benchmark table between <!-- memory:start --> and <!-- memory:end -->"
+    assert shown.group(1).strip() == (ROOT / "bench" / "results" / "memory-cpu.md").read_text().strip()

@@ -136,16 +136,17 @@ def test_eval_mode_and_inference_equal_naive():
         assert_same(step(model, x), step(naive, x), 1e-5)  # eval mode with gradients (frozen BN)
 
 
-def test_autocast_bfloat16_trains_close_to_naive():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_autocast_trains_close_to_naive(dtype):
     network = dsl.load("densenet_bc", **REDUCED["densenet_bc"], dropout=0.2)
     torch.manual_seed(0)
     naive = compiler.compile(network)
     x = torch.randn(4, 3, 16, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         expected = step(naive, x)
     model = compiler.compile(network, memory="shared")
     model.load_state_dict(naive.state_dict())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         got = step(model, x)
     for k in ("output", "input.grad", "features.denseblock1.denselayer1.conv1.weight.grad"):
         assert got[k].dtype == expected[k].dtype, k
