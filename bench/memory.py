@@ -63,6 +63,11 @@ def _prod(shape: tuple[int, ...]) -> int:
     return out
 
 
+def feature_bytes(g, batch: int) -> int:
+    """The total size of the feature maps the dense blocks produce (each block's full output), float32."""
+    return sum(4 * batch * _prod(d["shape"]) for _, d in g.nodes(data=True) if d["op"] == "concat" and not d["layer"])
+
+
 def _setup(spec: str, overrides: dict, batch: int, lowering: str, device: str):
     import torch
 
@@ -114,7 +119,7 @@ def peak_memory(spec: str, overrides: dict, batch: int, lowering: str, device: s
         "peak_bytes": peak,
         "estimated_bytes": estimate(g, lowering, batch, "float32", device).training,
         "params": g.graph["params"],
-        "feature_bytes": sum(4 * batch * _prod(d["shape"]) for n, d in g.nodes(data=True) if n.endswith(".cat")),
+        "feature_bytes": feature_bytes(g, batch),
     }
 
 
@@ -192,7 +197,28 @@ def table(results: list[dict], device: str, machine_name: str) -> str:
                 f"| {name} | {r['batch']} | {lowering} | {peak / 2**20:,.0f} MiB | {ratio} | {err} "
                 f"| {r['step_s']:.3f} s | {speed} |"
             )
+    lines += ["", *growth(results)]
     return "\n".join(lines)
+
+
+def growth(results: list[dict]) -> list[str]:
+    """How memory grows with depth against the feature maps, for each DenseNet-BC series measured."""
+    out = []
+    for k in (12, 40):
+        series = sorted(
+            (r for r in results if r["spec"] == "densenet_bc" and r["growth"] == k), key=lambda r: r["depth"] or 0
+        )
+        if len({r["depth"] for r in series}) < 2:
+            continue
+        depths = [r["depth"] for r in series]
+        lo, hi = (100 if 100 in depths else depths[0]), depths[-1]
+        at = {(r["depth"], r["lowering"]): r for r in series}
+        feat = at[(hi, "naive")]["feature_bytes"] / at[(lo, "naive")]["feature_bytes"]
+        grow = ", ".join(
+            f"{x} x{at[(hi, x)]['peak_bytes'] / at[(lo, x)]['peak_bytes']:.2f}" for x in LOWERINGS if (hi, x) in at
+        )
+        out.append(f"DenseNet-BC k={k}, L={lo} to L={hi}: feature maps x{feat:.2f}; peak memory {grow}.")
+    return out
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -233,6 +259,7 @@ def rerender(out: Path) -> None:
         for r in data["results"]:
             g = compiler.build_graph(dsl.load(r["spec"], **r["set"]))
             r["estimated_bytes"] = estimate(g, r["lowering"], r["batch"], "float32", r["device"]).training
+            r["feature_bytes"] = feature_bytes(g, r["batch"])
         write(path.with_suffix(""), data["results"][0]["device"], data["machine"], data["results"])
 
 
