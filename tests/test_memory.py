@@ -256,3 +256,31 @@ def test_estimator_with_dropout_and_shared_linear_growth():
     naive = estimate(big, "naive").saved / estimate(small, "naive").saved
     assert abs(shared / feature_growth - 1) < 0.10
     assert naive > 1.5 * shared
+
+
+@pytest.mark.parametrize("lowering", ["naive", "checkpoint", "shared"])
+def test_estimator_predicts_the_peak_resident_memory_of_a_step(lowering):
+    """The benchmark's measurement, in a fresh subprocess: the rise of the peak RSS during a step."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    bench = ROOT / "bench" / "memory.py"
+    run = {
+        "what": "memory",
+        "spec": "densenet_bc_100_12",
+        "set": {},
+        "batch": 16,
+        "lowering": lowering,
+        "device": "cpu",
+    }
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    proc = subprocess.run(
+        [sys.executable, str(bench), "--child", json.dumps(run)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert abs(r["estimated_bytes"] - r["peak_bytes"]) <= 0.15 * r["peak_bytes"], r
