@@ -1,0 +1,310 @@
+"""Datasets as uint8 tensors that live on the training device, and batched augmentation there.
+
+CIFAR, SVHN, digits and fake data are small enough to keep whole on the device: each batch is then
+normalised, padded-and-cropped and flipped by a few tensor ops, with no per-sample Python and no
+PIL. Every constant (classes, shapes, normalisation, file names, md5 sums, recipes) is in
+`datasets.toml`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DATASETS: dict[str, dict[str, Any]] = tomllib.loads(
+    resources.files("runtime").joinpath("datasets.toml").read_text(encoding="utf-8")
+)
+
+
+class DataError(Exception):
+    """A dataset that is missing, corrupt or not what it should be: the message says what to do."""
+
+
+@dataclass
+class Split:
+    images: Tensor  # uint8 (N, C, *S)
+    labels: Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Data:
+    name: str
+    classes: int
+    train: Split
+    test: Split
+    mean: Tensor  # per channel, 0-255 scale
+    std: Tensor
+
+    def to(self, device: torch.device | str) -> Data:
+        return Data(
+            self.name,
+            self.classes,
+            self.train.to(device),
+            self.test.to(device),
+            self.mean.to(device),
+            self.std.to(device),
+        )
+
+
+def default_root() -> Path:
+    """Where datasets live: $DNETC_DATA, else the user's cache directory."""
+    if os.environ.get("DNETC_DATA"):
+        return Path(os.environ["DNETC_DATA"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "dnetc" / "data"
+
+
+def load(name: str, root: str | Path | None = None, shape: tuple[int, ...] | None = None, seed: int = 0) -> Data:
+    """A dataset by name, its images fitted to `shape` (channels, *sizes) when given."""
+    if name not in DATASETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, DATASETS, n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise DataError(f"unknown dataset `{name}`: choose one of {', '.join(DATASETS)}{hint}")
+    info = DATASETS[name]
+    root = Path(root) if root is not None else default_root()
+    if name == "fake":
+        train, test = _fake(info, shape or tuple(info["shape"]), info["classes"], seed)
+    elif name == "digits":
+        train, test = _digits(info, seed)
+    elif name.startswith("cifar"):
+        train, test = _cifar(info, root)
+    else:
+        train, test = _svhn(info, root)
+    for split, what in ((train, "training"), (test, "test")):
+        _check(split, info, name, what)
+    channels = train.images.shape[1]
+    mean = torch.tensor(info["mean"], dtype=torch.float32)[:channels].expand(channels).clone()
+    std = torch.tensor(info["std"], dtype=torch.float32)[:channels].expand(channels).clone()
+    data = Data(name, info["classes"], train, test, mean, std)
+    return fit(data, shape) if shape is not None else data
+
+
+def _check(split: Split, info: dict, name: str, what: str) -> None:
+    if split.images.dtype != torch.uint8 or split.images.dim() < 3 or len(split.images) != len(split.labels):
+        raise DataError(f"{name}: the {what} images are not a batch of uint8 images with one label each")
+    if len(split.labels) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= info["classes"]):
+        raise DataError(
+            f"{name}: {what} labels run from {int(split.labels.min())} to {int(split.labels.max())}, "
+            f"outside 0..{info['classes'] - 1}: the files are corrupt or not {name}'s"
+        )
+
+
+def fit(data: Data, shape: tuple[int, ...]) -> Data:
+    """Fit images to a spec's input: repeat a single channel, resize the spatial sizes (bilinear)."""
+    channels, size = shape[0], tuple(shape[1:])
+
+    def convert(x: Tensor) -> Tensor:
+        if x.shape[1] != channels:
+            if x.shape[1] != 1:
+                raise DataError(f"{data.name} has {x.shape[1]} channels; the network takes {channels}")
+            x = x.expand(-1, channels, *x.shape[2:])
+        if tuple(x.shape[2:]) != size:
+            if len(size) != x.dim() - 2:
+                raise DataError(f"{data.name} images are {x.dim() - 2}D; the network takes {len(size)}D input")
+            mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+            x = F.interpolate(x.float(), size=size, mode=mode, align_corners=False).round().clamp(0, 255)
+            x = x.to(torch.uint8)
+        return x.contiguous()
+
+    mean, std = data.mean, data.std
+    if len(mean) != channels:
+        mean, std = mean.expand(channels).clone(), std.expand(channels).clone()
+    return Data(
+        data.name,
+        data.classes,
+        Split(convert(data.train.images), data.train.labels),
+        Split(convert(data.test.images), data.test.labels),
+        mean,
+        std,
+    )
+
+
+# ---- the datasets --------------------------------------------------------------------------
+
+
+def _fake(info: dict, shape: tuple[int, ...], classes: int, seed: int) -> tuple[Split, Split]:
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> Split:
+        images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+        return Split(images, torch.randint(0, classes, (n,), generator=g))
+
+    return split(info["train_size"]), split(info["test_size"])
+
+
+def _digits(info: dict, seed: int) -> tuple[Split, Split]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target).long()
+    # a fixed stratified split: every class keeps the same share in the test set
+    g = torch.Generator().manual_seed(seed)
+    test = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(info["classes"]):
+        members = (labels == c).nonzero().flatten()
+        chosen = members[torch.randperm(len(members), generator=g)[: round(len(members) * info["test_fraction"])]]
+        test[chosen] = True
+    return Split(images[~test], labels[~test]), Split(images[test], labels[test])
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes and numpy arrays only: a dataset file never runs code."""
+
+    ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
+        return super().find_class(module, name)
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    try:
+        return _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # a truncated or foreign file: say which and why
+        raise DataError(f"cannot read {where}: {e}") from None
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _missing(info: dict, name: str, root: Path, files: list[str]) -> DataError:
+    return DataError(
+        f"{name} is not in {root}: it needs {' or '.join(files)}.\n"
+        f"  get it from {info['url']} and put it in {root},\n"
+        f"  or point --data or $DNETC_DATA at the folder that holds it"
+    )
+
+
+def _cifar(info: dict, root: Path) -> tuple[Split, Split]:
+    name = info["name"]
+    folder, archive = root / info["folder"], root / info["archive"]
+    if folder.is_dir():
+
+        def read(member: str) -> bytes:
+            path = folder / member
+            if not path.is_file():
+                raise DataError(f"{name}: {path} is missing; the folder is incomplete (extract {archive.name} again)")
+            return path.read_bytes()
+    elif archive.is_file():
+        actual = md5sum(archive)
+        if actual != info["md5"]:
+            raise DataError(
+                f"{archive} is corrupt or incomplete: its md5 is {actual}, not {info['md5']}; "
+                "download it again (nothing was changed)"
+            )
+        wanted = {f"{info['folder']}/{m}": m for m in info["train"] + info["test"]}
+        contents: dict[str, bytes] = {}
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for m in tar:
+                    if m.isfile() and m.name in wanted:
+                        f = tar.extractfile(m)
+                        assert f is not None
+                        contents[wanted[m.name]] = f.read()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"cannot read {archive}: {e}") from None
+
+        def read(member: str) -> bytes:
+            if member not in contents:
+                raise DataError(f"{archive} has no {info['folder']}/{member}")
+            return contents[member]
+    else:
+        raise _missing(info, name, root, [info["archive"], info["folder"] + "/"])
+
+    def split(members: list[str]) -> Split:
+        images, labels = [], []
+        for member in members:
+            batch = _unpickle(read(member), f"{name} {member}")
+            try:
+                data, target = batch[b"data"], batch[info["labels"].encode()]
+            except (KeyError, TypeError):
+                raise DataError(f"{name} {member} is not a CIFAR batch (no data or labels)") from None
+            if getattr(data, "ndim", 0) != 2 or data.shape[1] != 3072 or len(data) != len(target):
+                raise DataError(f"{name} {member}: images of shape {getattr(data, 'shape', '?')}, not N x 3072")
+            images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32)).to(torch.uint8))
+            labels.append(torch.as_tensor(list(target), dtype=torch.long))
+        return Split(torch.cat(images), torch.cat(labels))
+
+    return split(info["train"]), split(info["test"])
+
+
+def _svhn(info: dict, root: Path) -> tuple[Split, Split]:
+    import scipy.io
+
+    def split(which: str) -> Split:
+        path = root / info["files"][which]
+        if not path.is_file():
+            raise _missing(info, "SVHN", root, [info["files"][which]])
+        try:
+            mat = scipy.io.loadmat(path)
+            x, y = mat["X"], mat["y"]
+        except Exception as e:
+            raise DataError(f"cannot read {path}: {e}") from None
+        if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+            raise DataError(f"{path}: images of shape {x.shape}, not 32 x 32 x 3 x N")
+        labels = torch.from_numpy(y.reshape(-1).astype("int64")) % 10  # label 10 is the digit 0
+        return Split(torch.from_numpy(x).permute(3, 2, 0, 1).contiguous().to(torch.uint8), labels)
+
+    return split("train"), split("test")
+
+
+# ---- batched augmentation on the device ----------------------------------------------------
+
+
+def normalise(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """uint8 images -> float, per channel (x - mean) / std on the 0-255 scale."""
+    view = (1, -1) + (1,) * (images.dim() - 2)
+    return (images.float() - mean.view(view)) / std.view(view)
+
+
+def crop_and_flip(x: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
+    """Zero-pad every spatial side by `pad`, crop back at a random offset per sample, flip the last
+    spatial dimension of half the samples: the CIFAR augmentation, for any number of dimensions."""
+    n, spatial = x.shape[0], x.shape[2:]
+    if pad > 0:
+        x = F.pad(x, (pad, pad) * len(spatial))
+        for d, size in enumerate(spatial):
+            dim = 2 + d
+            offset = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(x.device)
+            index = offset.view(n, *([1] * (x.dim() - 1))) + torch.arange(size, device=x.device).view(
+                *([1] * dim), size, *([1] * (x.dim() - dim - 1))
+            )
+            x = torch.gather(x, dim, index.expand(*x.shape[:dim], size, *x.shape[dim + 1 :]))
+    flip = torch.rand(n, generator=generator, device="cpu").lt(0.5).to(x.device)
+    return torch.where(flip.view(n, *([1] * (x.dim() - 1))), x.flip(-1), x)
