@@ -92,8 +92,40 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="one node per dense layer, or per block; auto picks by size",
     )
+    t = p.add_argument_group("training (defaults: the dataset's recipe, see runtime/datasets.toml)")
+    t.add_argument("--train", metavar="DATASET", help="train on cifar10, cifar100, svhn, digits or fake")
+    t.add_argument("--data", metavar="DIR", help="where datasets live (default $DNETC_DATA or ~/.cache/dnetc/data)")
+    t.add_argument("--out", metavar="DIR", help="the run directory (default runs/SPEC-DATASET-TIME)")
+    t.add_argument("--resume", metavar="RUN_DIR|FILE", help="continue a run exactly where it stopped")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--schedule", choices=("step", "cosine"))
+    t.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="no flips or crops (dropout 0.2 then, unless the spec sets it)",
+    )
+    t.add_argument("--seed", type=int, help="default 0; recorded in the run")
+    t.add_argument("--deterministic", action="store_true", default=None, help="repeatable runs on one machine")
+    t.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast (default bf16 on CUDA)")
+    t.add_argument("--channels-last", action="store_true", default=None)
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    t.add_argument("--checkpoint-every", type=float, metavar="MINUTES", help="also checkpoint within epochs")
+    t.add_argument("--keep", type=int, help="how many epoch checkpoints to keep (default 3)")
     p.add_argument("--version", action="version", version=f"dnetc {version()}")
     return p
+
+
+def _datasets() -> list[str]:
+    import tomllib
+    from importlib import resources
+
+    return list(tomllib.loads(resources.files("runtime").joinpath("datasets.toml").read_text(encoding="utf-8")))
 
 
 def zoo_command(argv: Sequence[str]) -> int:
@@ -127,13 +159,62 @@ def run(argv: Sequence[str]) -> int:
         data = report.to_json(g)
         data["memory"] = report.memory_json(g, args.batch, args.dtype)
         print(json.dumps(data, indent=2))
-    elif not args.summary:
+    elif not args.summary and not args.train:
         print(report.one_line(g))
+    if args.train and args.train not in _datasets():
+        import difflib
+
+        close = difflib.get_close_matches(args.train, _datasets(), n=1)
+        print(
+            f"error: unknown dataset `{args.train}`"
+            + (f"; did you mean `{close[0]}`?" if close else "")
+            + f" (choose from {', '.join(_datasets())})",
+            file=sys.stderr,
+        )
+        return 2
     if args.summary:
         summary(g, args.depth, memory, args.batch, args.dtype, quiet_table=args.json)
     if args.viz is not None:
-        return draw(g, args.viz or f"{network.name}.svg", args.viz_detail)
+        code = draw(g, args.viz or f"{network.name}.svg", args.viz_detail)
+        if code:
+            return code
+    if args.train:
+        return train_command(args)
     return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from runtime.checkpoint import CheckpointError
+    from runtime.data import DataError
+    from runtime.launch import train
+    from runtime.train import TrainingError
+
+    names = (
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "schedule",
+        "augment",
+        "seed",
+        "deterministic",
+        "device",
+        "precision",
+        "channels_last",
+        "compile",
+        "checkpoint_every",
+        "keep",
+        "memory",
+    )
+    flags = {n: getattr(args, n) for n in names}
+    try:
+        return train(args.spec, args.overrides, args.train, flags, args.out, args.resume, args.data)
+    except (DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def summary(g, depth: int, memory: str, batch: int, dtype: str, quiet_table: bool = False) -> None:

@@ -17,7 +17,7 @@ def specs(draw) -> str:
     rank = draw(st.integers(1, 3))
     size = draw(st.sampled_from([8, 12, 16]) if rank < 3 else st.just(8))
     lines = ["network generated {", f"    input {draw(st.integers(1, 4))} x " + " x ".join([str(size)] * rank)]
-    lines.append(f"    stem conv({draw(st.sampled_from([1, 3]))}, {draw(st.integers(1, 16))})")
+    lines.append(f"    stem conv({draw(st.sampled_from([1, 3]))}, {draw(st.integers(4, 16))})")  # θ=0.3 keeps >= 1
     blocks = draw(st.integers(1, 3))
     for b in range(blocks):
         bottleneck = draw(st.sampled_from(["none", "1", "2", "4"]))

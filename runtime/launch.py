@@ -1,0 +1,122 @@
+"""Set a training run up from the command line's words: bind the spec to the dataset, make or
+reopen the run directory, resume, train, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dsl
+
+from . import checkpoint
+from .data import DATASETS, load
+from .train import Trainer, TrainingError, latest_checkpoint, resolve, run_dir
+
+ADAPTS = ("digits", "fake")  # datasets that take the network's input shape
+
+
+def bind(spec: str, overrides: dict[str, dsl.Override], dataset: str, augment: bool) -> tuple[dsl.Network, dict]:
+    """The network with its class count, input size and dropout bound to the dataset's, unless pinned."""
+    info = DATASETS[dataset]
+    network = dsl.load(spec, overrides)
+    params = network.parameters
+    extra: dict[str, Any] = {}
+    if "classes" in params and "classes" not in overrides:
+        extra["classes"] = info["classes"]
+    if "size" in params and "size" not in overrides and dataset != "fake":
+        extra["size"] = info["shape"][1]
+    if not augment and "dropout" in params and "dropout" not in overrides:
+        extra["dropout"] = 0.2  # the paper's dropout when there is no augmentation
+    if extra:
+        network = dsl.load(spec, overrides, **extra)
+    import compiler
+
+    g = compiler.build_graph(network)
+    classes = g.nodes[g.graph["output"]]["shape"][0]
+    if classes != info["classes"]:
+        raise TrainingError(
+            f"{network.name} ends in {classes} outputs but {dataset} has {info['classes']} classes: "
+            f"--set classes={info['classes']}"
+            + ("" if "classes" in params else " (after adding a `classes` parameter)")
+        )
+    shape = tuple(g.nodes["input"]["shape"])
+    if dataset not in ADAPTS and shape != tuple(info["shape"]):
+        raise TrainingError(
+            f"{network.name} takes {'x'.join(map(str, shape))} inputs but {dataset} images are "
+            f"{'x'.join(map(str, info['shape']))}" + (": --set size=32" if "size" in params else "")
+        )
+    return network, extra
+
+
+def train(
+    spec: str,
+    set_args: list[str],
+    dataset: str,
+    flags: dict[str, Any],
+    out: str | None,
+    resume: str | None,
+    data_root: str | None,
+) -> int:
+    import compiler
+
+    previous = None
+    if resume is not None:
+        path = latest_checkpoint(resume)
+        previous = checkpoint.load(path)
+        print(f"resuming from {path} (epoch {previous['epoch'] + 1}, step {previous['step']})")
+        out = out or str(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+        flags = {**previous["config"], **{k: v for k, v in flags.items() if v is not None}}
+        flags.pop("dataset", None)
+    overrides = dsl.parse_overrides(set_args)
+    config = resolve(dataset, **flags)
+    network, bound = bind(spec, overrides, dataset, config.augment)
+    model = compiler.compile(
+        network,
+        memory=config.memory if config.memory != "auto" else "auto",
+        batch=config.batch_size,
+        device=config.device,
+    )
+    data = load(
+        dataset, data_root, shape=tuple(compiler.build_graph(network).nodes["input"]["shape"]), seed=config.seed
+    )
+    folder = run_dir(network.name, dataset, out)
+    meta = {
+        "spec": network.file and Path(network.file).read_text(encoding="utf-8"),
+        "spec_name": network.name,
+        "overrides": set_args,
+        "bound": {k: v for k, v in bound.items()},
+        "version": _version(),
+    }
+    (folder / "config.json").write_text(
+        json.dumps({"config": flags | {"dataset": dataset}, **meta}, indent=2, default=str)
+    )
+    trainer = Trainer(model, data, config, folder, meta)
+    if previous is not None:
+        trainer.restore(previous)
+    print(
+        f"training {network.name} on {dataset}: {len(data.train)} images, {config.epochs} epochs, "
+        f"batch {config.batch_size}, {config.device}, {config.precision}, memory {model.memory}; run in {folder}"
+    )
+    result = trainer.run()
+    if result["interrupted"]:
+        print(
+            f"stopped at epoch {result['epoch'] + 1}, step {result['step']}; saved {result['checkpoint']}\n"
+            f"resume with: dnetc {spec} --train {dataset} --resume {folder}"
+        )
+        return 1
+    name = DATASETS[dataset]["name"] + ("+" if config.augment and dataset.startswith("cifar") else "")
+    print(
+        f"{name} test error {result['test_error']:.2f}% (accuracy {100 - result['test_error']:.2f}%) "
+        f"after {config.epochs} epochs; checkpoints in {folder / 'checkpoints'}"
+    )
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dnetc")
+    except PackageNotFoundError:
+        return "unknown"

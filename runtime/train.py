@@ -1,0 +1,295 @@
+"""The trainer: the paper's recipes, a device-resident data path, and runs that never lose work.
+
+Exactness: the data order of epoch e and the augmentation of step s are drawn from generators
+seeded by (seed, e) and (seed, e, s); dropout draws from torch's global RNG, whose state goes into
+every checkpoint with the model, optimizer and position. A run interrupted and resumed therefore
+ends with the same parameters as one that was not (CPU, --deterministic).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint
+from .data import DATASETS, Data, crop_and_flip, normalise
+
+PAD = 4  # CIFAR augmentation: zero-pad 4, random crop back
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a non-finite loss, a checkpoint that does not fit): says what to do."""
+
+
+@dataclass
+class Config:
+    """Everything a run depends on, resolved from the dataset's recipe and the user's flags."""
+
+    dataset: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    schedule: str
+    milestones: list[float]
+    gamma: float
+    augment: bool
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    memory: str = "naive"
+    checkpoint_every: float = 0.0  # minutes; 0: only at the end of each epoch
+    keep: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(dataset: str, **flags: Any) -> Config:
+    """The recipe of `dataset`, with every flag that is not None put over it."""
+    recipe = dict(DATASETS[dataset]["recipe"])
+    recipe["batch_size"] = recipe.pop("batch")
+    cuda = torch.cuda.is_available()
+    defaults = {"device": "cuda" if cuda else "cpu", "precision": "bf16" if cuda else "fp32", "channels_last": cuda}
+    values = {**defaults, **recipe, **{k: v for k, v in flags.items() if v is not None}}
+    return Config(dataset=dataset, **values)
+
+
+def lr_at(config: Config, epoch: int, step: int, steps: int) -> float:
+    """Step: divide by 1/gamma at each milestone (fractions of the epochs); cosine: per iteration."""
+    if config.schedule == "cosine":
+        t, total = epoch * steps + step, config.epochs * steps
+        return 0.5 * config.lr * (1 + math.cos(math.pi * t / total))
+    passed = sum(epoch >= round(m * config.epochs) for m in config.milestones)
+    return config.lr * config.gamma**passed
+
+
+def _generator(*seeds: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(hash(seeds) & (2**63 - 1))
+    return g
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, data: Data, config: Config, out: Path, meta: dict[str, Any]) -> None:
+        self.config = config
+        self.out = out
+        self.meta = meta  # spec text, overrides, version: stored in every checkpoint
+        self.device = torch.device(config.device)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(config.seed)
+        fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=fmt)
+        self.data = data.to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+            dampening=0,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.step_fn = torch.compile(self.model) if config.compile else self.model
+        self.epoch, self.step, self.best = 0, 0, math.inf
+        self.history: list[dict[str, Any]] = []
+        self.stop_requested = False
+
+    # ---- state
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": self.best,
+            "history": self.history,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "config": asdict(self.config),
+            **self.meta,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise TrainingError(f"the checkpoint does not fit this network: {e}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save(self, name: str = "latest.pt") -> Path:
+        folder = self.out / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        return checkpoint.save(self.state(), folder / name)
+
+    # ---- the loop
+    def run(self, interrupt_at: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Train to the last epoch; on SIGINT/SIGTERM (or at `interrupt_at`) save and return."""
+        handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._loop(interrupt_at)
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def _loop(self, interrupt_at: tuple[int, int] | None) -> dict[str, Any]:
+        c = self.config
+        train = self.data.train
+        steps = math.ceil(len(train) / c.batch_size)
+        last_save = time.monotonic()
+        while self.epoch < c.epochs:
+            order = torch.randperm(len(train), generator=_generator(c.seed, self.epoch)).to(self.device)
+            self.model.train()
+            sums = {"loss": 0.0, "correct": 0, "seen": 0, "data_s": 0.0, "step_s": 0.0}
+            started = time.perf_counter()
+            while self.step < steps:
+                if interrupt_at == (self.epoch, self.step) or self.stop_requested:
+                    path = self.save()
+                    return {"interrupted": True, "checkpoint": str(path), "epoch": self.epoch, "step": self.step}
+                t0 = time.perf_counter()
+                index = order[self.step * c.batch_size : (self.step + 1) * c.batch_size]
+                x = normalise(train.images[index], self.data.mean, self.data.std)
+                if c.augment:
+                    x = crop_and_flip(x, PAD, _generator(c.seed, self.epoch, self.step))
+                if c.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = train.labels[index]
+                t1 = time.perf_counter()
+                lr = lr_at(c, self.epoch, self.step, steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, correct = self._train_step(x, y)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t2 = time.perf_counter()
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}: training stopped. "
+                        f"The last good checkpoint is in {self.out / 'checkpoints'}; try a lower --lr"
+                    )
+                sums["loss"] += loss * len(y)
+                sums["correct"] += correct
+                sums["seen"] += len(y)
+                sums["data_s"] += t1 - t0
+                sums["step_s"] += t2 - t0
+                self.step += 1
+                if c.checkpoint_every and time.monotonic() - last_save > 60 * c.checkpoint_every:
+                    self.save()
+                    last_save = time.monotonic()
+            record = self._end_epoch(sums, time.perf_counter() - started, lr)
+            print(self._line(record), flush=True)
+        return {"interrupted": False, **(self.history[-1] if self.history else {})}
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = self.step_fn(x)
+            loss = F.cross_entropy(out, y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.item(), int((out.argmax(1) == y).sum())
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and error (%), no augmentation, eval mode."""
+        self.model.eval()
+        test = self.data.test
+        loss, correct = 0.0, 0
+        for i in range(0, len(test), 256):
+            x = normalise(test.images[i : i + 256], self.data.mean, self.data.std)
+            if self.config.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self.model(x).float()
+            y = test.labels[i : i + 256]
+            loss += F.cross_entropy(out, y, reduction="sum").item()
+            correct += int((out.argmax(1) == y).sum())
+        self.model.train()
+        return loss / len(test), 100.0 * (1 - correct / len(test))
+
+    def _end_epoch(self, sums: dict[str, float], seconds: float, lr: float) -> dict[str, Any]:
+        test_loss, test_error = self.evaluate()
+        record = {
+            "epoch": self.epoch + 1,
+            "lr": lr,
+            "train_loss": sums["loss"] / sums["seen"],
+            "train_error": 100.0 * (1 - sums["correct"] / sums["seen"]),
+            "test_loss": test_loss,
+            "test_error": test_error,
+            "images_per_s": sums["seen"] / seconds,
+            "data_fraction": sums["data_s"] / max(sums["step_s"], 1e-9),
+            "seconds": seconds,
+        }
+        self.history.append(record)
+        self.epoch, self.step = self.epoch + 1, 0
+        improved = test_error < self.best
+        self.best = min(self.best, test_error)
+        self.save()
+        if improved:
+            self.save("best.pt")
+        self.save(f"epoch-{self.epoch:04d}.pt")
+        for old in sorted((self.out / "checkpoints").glob("epoch-*.pt"))[: -self.config.keep or None]:
+            old.unlink()
+        self._write_metrics(record)
+        return record
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        path = self.out / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(record))
+            if new:
+                writer.writeheader()
+            writer.writerow(record)
+
+    def _line(self, r: dict[str, Any]) -> str:
+        return (
+            f"epoch {r['epoch']}/{self.config.epochs}  loss {r['train_loss']:.4f}  train err {r['train_error']:.2f}%  "
+            f"test err {r['test_error']:.2f}%  lr {r['lr']:.4g}  {r['images_per_s']:,.0f} img/s  "
+            f"data {100 * r['data_fraction']:.1f}%"
+        )
+
+
+def run_dir(spec_name: str, dataset: str, out: str | Path | None) -> Path:
+    default = Path("runs") / f"{spec_name}-{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+    path = Path(out) if out is not None else default
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def latest_checkpoint(target: str | Path) -> Path:
+    """A checkpoint file, or the latest one of a run directory."""
+    path = Path(target)
+    if path.is_dir():
+        path = path / "checkpoints" / "latest.pt"
+    return path

@@ -1,0 +1,173 @@
+"""The trainer: reaches the accuracy it should, resumes exactly, and never loses work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import compiler
+import dsl
+from runtime import checkpoint
+from runtime.data import load
+from runtime.launch import bind
+from runtime.train import Trainer, TrainingError, lr_at, resolve
+
+from .conftest import ROOT, run_cli
+
+SMALL = ["--set", "depth=16", "--set", "growth=8"]
+
+
+def trainer(tmp_path, epochs=2, dropout=0.2, **flags) -> Trainer:
+    network, _ = bind(
+        "densenet_bc", dsl.parse_overrides(["depth=16", "growth=8", f"dropout={dropout}"]), "digits", False
+    )
+    config = resolve("digits", epochs=epochs, deterministic=True, device="cpu", precision="fp32", **flags)
+    torch.manual_seed(0)
+    model = compiler.compile(network)
+    data = load("digits", shape=tuple(compiler.build_graph(network).nodes["input"]["shape"]))
+    return Trainer(model, data, config, tmp_path, {"spec": "", "version": "test"})
+
+
+def test_learning_rate_schedules():
+    c = resolve("cifar10", device="cpu")
+    assert [lr_at(c, e, 0, 10) for e in (0, 149, 150, 224, 225, 299)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )
+    cos = resolve("cifar10", schedule="cosine", epochs=2, device="cpu")
+    assert lr_at(cos, 0, 0, 10) == pytest.approx(0.1) and lr_at(cos, 1, 0, 10) == pytest.approx(0.05)
+    assert c.batch_size == 64 and c.epochs == 300 and c.nesterov and c.weight_decay == 1e-4
+
+
+def test_digits_reaches_97_percent(tmp_path):
+    r = run_cli(
+        "densenet_bc",
+        "--set",
+        "depth=22",
+        "--set",
+        "growth=12",
+        "--train",
+        "digits",
+        "--epochs",
+        "20",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    )
+    assert r.returncode == 0, r.stderr
+    final = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["test_error"] <= 3.0, final
+    assert "digits test error" in r.stdout and final["data_fraction"] < 0.05
+    assert (tmp_path / "metrics.csv").exists() and (tmp_path / "checkpoints" / "best.pt").exists()
+
+
+def test_resume_mid_epoch_is_bit_identical(tmp_path):
+    whole = trainer(tmp_path / "whole")
+    whole.run()
+    first = trainer(tmp_path / "split")
+    stopped = first.run(interrupt_at=(1, 5))
+    assert stopped["interrupted"] and (tmp_path / "split" / "checkpoints" / "latest.pt").exists()
+    second = trainer(tmp_path / "split")
+    second.restore(checkpoint.load(tmp_path / "split" / "checkpoints" / "latest.pt"))
+    assert (second.epoch, second.step) == (1, 5)
+    second.run()
+    for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoints_are_checked_and_safe(tmp_path):
+    t = trainer(tmp_path, epochs=1)
+    t.run()
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "epoch-0001.pt", "latest.pt"]
+    state = checkpoint.load(folder / "latest.pt")
+    assert {"model", "optimizer", "epoch", "step", "rng", "config", "history", "version"} <= set(state)
+    raw = bytearray((folder / "latest.pt").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (folder / "latest.pt").write_bytes(raw)
+    with pytest.raises(checkpoint.CheckpointError, match=r"latest\.pt"):
+        checkpoint.load(folder / "latest.pt")
+    (folder / "latest.pt").write_bytes(raw[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated"):
+        checkpoint.load(folder / "latest.pt")
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_a_crafted_pickle_is_refused(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "dnetc-checkpoint/1", "x": Exploit()}, bad)
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load(bad)
+
+
+def test_non_finite_loss_stops_with_a_message(tmp_path):
+    t = trainer(tmp_path, epochs=1, lr=1e30)
+    with pytest.raises(TrainingError, match=r"the loss became .* lower --lr"):
+        t.run()
+
+
+def test_sigterm_saves_and_resume_finishes(tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "runtime.cli",
+        "densenet_bc",
+        *SMALL,
+        "--train",
+        "digits",
+        "--epochs",
+        "40",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--deterministic",
+    ]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "resume with: dnetc densenet_bc --train digits --resume" in out
+    state = checkpoint.load(tmp_path / "checkpoints" / "latest.pt")
+    assert state["epoch"] >= 1
+    r = run_cli(
+        "densenet_bc", *SMALL, "--train", "digits", "--resume", str(tmp_path), "--epochs", str(state["epoch"] + 1)
+    )
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stdout
+
+
+def test_training_mistakes_exit_2(tmp_path):
+    r = run_cli("densenet_bc", "--train", "cifar100", "--data", str(tmp_path))
+    assert r.returncode == 2 and "cifar-100-python.tar.gz" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("densenet_bc", "--train", "digitz")
+    assert r.returncode == 2 and "did you mean `digits`" in r.stderr
+    bad = tmp_path / "latest.pt"
+    bad.write_bytes(b"garbage")
+    r = run_cli("densenet_bc", "--train", "digits", "--resume", str(bad))
+    assert r.returncode == 2 and "latest.pt" in r.stderr
+
+
+def test_the_spec_binds_to_the_dataset():
+    network, bound = bind("densenet_bc", {}, "cifar100", True)
+    assert network.parameters["classes"] == 100 and bound == {"classes": 100, "size": 32}
+    network, bound = bind("densenet_bc", {}, "digits", False)
+    assert (network.parameters["size"], network.parameters["dropout"]) == (8, 0.2)
+    with pytest.raises(TrainingError, match="10 outputs but cifar100 has 100"):
+        bind("densenet_bc", dsl.parse_overrides(["classes=10"]), "cifar100", True)
+    with pytest.raises(TrainingError, match="takes 3x224x224 inputs but cifar10 images are 3x32x32"):
+        bind("densenet121", dsl.parse_overrides(["classes=10", "size=224"]), "cifar10", True)
