@@ -26,8 +26,9 @@ def bind(spec: str, overrides: dict[str, dsl.Override], dataset: str, augment: b
         extra["classes"] = info["classes"]
     if "size" in params and "size" not in overrides and dataset != "fake":
         extra["size"] = info["shape"][1]
-    if not augment and "dropout" in params and "dropout" not in overrides:
-        extra["dropout"] = 0.2  # the paper's dropout when there is no augmentation
+    dropout = info["recipe"].get("dropout", 0.0)  # the paper's 0.2 when there is no augmentation
+    if not augment and dropout and "dropout" in params and "dropout" not in overrides:
+        extra["dropout"] = dropout
     if extra:
         network = dsl.load(spec, overrides, **extra)
     import compiler

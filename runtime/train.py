@@ -62,6 +62,7 @@ def resolve(dataset: str, **flags: Any) -> Config:
     """The recipe of `dataset`, with every flag that is not None put over it."""
     recipe = dict(DATASETS[dataset]["recipe"])
     recipe["batch_size"] = recipe.pop("batch")
+    recipe.pop("dropout", None)  # a property of the network: bound to the spec by launch.bind
     cuda = torch.cuda.is_available()
     defaults = {"device": "cuda" if cuda else "cpu", "precision": "bf16" if cuda else "fp32", "channels_last": cuda}
     values = {**defaults, **recipe, **{k: v for k, v in flags.items() if v is not None}}

@@ -166,7 +166,9 @@ def test_the_spec_binds_to_the_dataset():
     network, bound = bind("densenet_bc", {}, "cifar100", True)
     assert network.parameters["classes"] == 100 and bound == {"classes": 100, "size": 32}
     network, bound = bind("densenet_bc", {}, "digits", False)
-    assert (network.parameters["size"], network.parameters["dropout"]) == (8, 0.2)
+    assert (network.parameters["size"], network.parameters["dropout"]) == (8, 0.0)
+    network, bound = bind("densenet_bc", {}, "cifar10", False)  # the paper's C10 without augmentation
+    assert network.parameters["dropout"] == 0.2
     with pytest.raises(TrainingError, match="10 outputs but cifar100 has 100"):
         bind("densenet_bc", dsl.parse_overrides(["classes=10"]), "cifar100", True)
     with pytest.raises(TrainingError, match="takes 3x224x224 inputs but cifar10 images are 3x32x32"):
