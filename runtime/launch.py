@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import compiler
 import dsl
 
 from . import checkpoint
@@ -31,8 +32,6 @@ def bind(spec: str, overrides: dict[str, dsl.Override], dataset: str, augment: b
         extra["dropout"] = dropout
     if extra:
         network = dsl.load(spec, overrides, **extra)
-    import compiler
-
     g = compiler.build_graph(network)
     classes = g.nodes[g.graph["output"]]["shape"][0]
     if classes != info["classes"]:
@@ -59,8 +58,6 @@ def train(
     resume: str | None,
     data_root: str | None,
 ) -> int:
-    import compiler
-
     previous = None
     if resume is not None:
         path = latest_checkpoint(resume)
@@ -69,24 +66,19 @@ def train(
         out = out or str(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
         flags = {**previous["config"], **{k: v for k, v in flags.items() if v is not None}}
         flags.pop("dataset", None)
+        set_args = set_args or list(previous.get("overrides", []))  # the network the run was started with
     overrides = dsl.parse_overrides(set_args)
     config = resolve(dataset, **flags)
     network, bound = bind(spec, overrides, dataset, config.augment)
-    model = compiler.compile(
-        network,
-        memory=config.memory if config.memory != "auto" else "auto",
-        batch=config.batch_size,
-        device=config.device,
-    )
-    data = load(
-        dataset, data_root, shape=tuple(compiler.build_graph(network).nodes["input"]["shape"]), seed=config.seed
-    )
+    model = compiler.compile(network, memory=config.memory, batch=config.batch_size, device=config.device)
+    shape = tuple(compiler.build_graph(network).nodes["input"]["shape"])
+    data = load(dataset, data_root, shape=shape, seed=config.seed)
     folder = run_dir(network.name, dataset, out)
     meta = {
         "spec": network.file and Path(network.file).read_text(encoding="utf-8"),
         "spec_name": network.name,
         "overrides": set_args,
-        "bound": {k: v for k, v in bound.items()},
+        "bound": dict(bound),
         "version": _version(),
     }
     (folder / "config.json").write_text(

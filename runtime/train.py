@@ -52,7 +52,7 @@ class Config:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
-    memory: str = "naive"
+    memory: str | None = None  # None: the spec's `memory` setting, else naive
     checkpoint_every: float = 0.0  # minutes; 0: only at the end of each epoch
     keep: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
