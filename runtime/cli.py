@@ -97,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data", metavar="DIR", help="where datasets live (default $DNETC_DATA or ~/.cache/dnetc/data)")
     t.add_argument("--out", metavar="DIR", help="the run directory (default runs/SPEC-DATASET-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR|FILE", help="continue a run exactly where it stopped")
+    t.add_argument("--eval", metavar="RUN_DIR|FILE", help="only evaluate a checkpoint on its test set")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -159,7 +160,7 @@ def run(argv: Sequence[str]) -> int:
         data = report.to_json(g)
         data["memory"] = report.memory_json(g, args.batch, args.dtype)
         print(json.dumps(data, indent=2))
-    elif not args.summary and not args.train:
+    elif not args.summary and not args.train and not args.eval:
         print(report.one_line(g))
     if args.train and args.train not in _datasets():
         import difflib
@@ -178,7 +179,7 @@ def run(argv: Sequence[str]) -> int:
         code = draw(g, args.viz or f"{network.name}.svg", args.viz_detail)
         if code:
             return code
-    if args.train:
+    if args.train or args.eval:
         return train_command(args)
     return 0
 
@@ -186,7 +187,7 @@ def run(argv: Sequence[str]) -> int:
 def train_command(args: argparse.Namespace) -> int:
     from runtime.checkpoint import CheckpointError
     from runtime.data import DataError
-    from runtime.launch import train
+    from runtime.launch import evaluate, train
     from runtime.train import TrainingError
 
     names = (
@@ -208,6 +209,8 @@ def train_command(args: argparse.Namespace) -> int:
     )
     flags = {n: getattr(args, n) for n in names}
     try:
+        if args.eval:
+            return evaluate(args.spec, args.overrides, args.train, args.eval, args.data)
         return train(args.spec, args.overrides, args.train, flags, args.out, args.resume, args.data)
     except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

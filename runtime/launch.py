@@ -113,3 +113,25 @@ def _version() -> str:
         return version("dnetc")
     except PackageNotFoundError:
         return "unknown"
+
+
+def evaluate(spec: str, set_args: list[str], dataset: str | None, target: str, data_root: str | None) -> int:
+    """Evaluate a checkpoint on its dataset's test split, as trained (same overrides and bindings)."""
+    path = latest_checkpoint(target)
+    state = checkpoint.load(path)
+    dataset = dataset or state["config"]["dataset"]
+    flags = {k: v for k, v in state["config"].items() if k != "dataset"}
+    config = resolve(dataset, **flags)
+    network, _ = bind(spec, dsl.parse_overrides(set_args or list(state.get("overrides", []))), dataset, config.augment)
+    model = compiler.compile(network)
+    shape = tuple(compiler.build_graph(network).nodes["input"]["shape"])
+    data = load(dataset, data_root, shape=shape, seed=config.seed)
+    trainer = Trainer(model, data, config, path.parent, {})
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise TrainingError(f"{path} does not fit {network.name}: {e}") from None
+    loss, error = trainer.evaluate()
+    name = DATASETS[dataset]["name"] + ("+" if config.augment and dataset.startswith("cifar") else "")
+    print(f"{name} test error {error:.2f}% (accuracy {100 - error:.2f}%, loss {loss:.4f}) of {path}")
+    return 0

@@ -66,6 +66,9 @@ def test_digits_reaches_97_percent(tmp_path):
     assert final["test_error"] <= 3.0, final
     assert "digits test error" in r.stdout and final["data_fraction"] < 0.05
     assert (tmp_path / "metrics.csv").exists() and (tmp_path / "checkpoints" / "best.pt").exists()
+    r = run_cli("densenet_bc", "--set", "depth=22", "--set", "growth=12", "--eval", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert f"digits test error {final['test_error']:.2f}%" in r.stdout
 
 
 def test_resume_mid_epoch_is_bit_identical(tmp_path):
