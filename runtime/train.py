@@ -170,6 +170,7 @@ class Trainer:
             self.model.train()
             sums = {"loss": 0.0, "correct": 0, "seen": 0, "data_s": 0.0, "step_s": 0.0}
             started = time.perf_counter()
+            lr = lr_at(c, self.epoch, self.step, steps)
             while self.step < steps:
                 if interrupt_at == (self.epoch, self.step) or self.stop_requested:
                     path = self.save()

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 import compiler
 import dsl
 
+from .test_fuzz import PIECES
+
 
 @st.composite
 def specs(draw) -> str:
@@ -46,54 +48,8 @@ def test_generated_specs_counts_and_shapes_equal_the_modules(text):
     assert (stats.total_params, stats.total_mult_adds) == (g.graph["params"], g.graph["macs"])
 
 
-TOKENS = [
-    "network",
-    "n",
-    "(",
-    ")",
-    "{",
-    "}",
-    "[",
-    "]",
-    ",",
-    "=",
-    "x",
-    "input",
-    "let",
-    "stem",
-    "head",
-    "repeat",
-    "for",
-    "in",
-    "separated",
-    "by",
-    "use",
-    "from",
-    '"densenet_bc.dnet"',
-    "dense",
-    "transition",
-    "conv",
-    "classifier",
-    "norm",
-    "relu",
-    "maxpool",
-    "3",
-    "0",
-    "32",
-    "0.5",
-    "3x3",
-    "+",
-    "-",
-    "*",
-    "/",
-    "//",
-    "%",
-    "none",
-    "growth",
-    "layers",
-    "\n",
-    "#",
-]
+# the fuzz test's vocabulary, and the names and literals a spec body uses
+TOKENS = [*PIECES, "n", "growth", "layers", "conv", "classifier", "norm", "relu", "maxpool", "32", '"densenet_bc.dnet"']
 
 
 @settings(max_examples=300, deadline=None)
