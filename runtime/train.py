@@ -242,11 +242,12 @@ class Trainer:
         record = {
             "epoch": self.epoch + 1,
             "lr": lr,
-            "train_loss": sums["loss"] / sums["seen"],
-            "train_error": 100.0 * (1 - sums["correct"] / sums["seen"]),
+            # over the steps this process ran (a resumed epoch counts from where it resumed)
+            "train_loss": sums["loss"] / max(sums["seen"], 1),
+            "train_error": 100.0 * (1 - sums["correct"] / max(sums["seen"], 1)),
             "test_loss": test_loss,
             "test_error": test_error,
-            "images_per_s": sums["seen"] / seconds,
+            "images_per_s": sums["seen"] / max(seconds, 1e-9),
             "data_fraction": sums["data_s"] / max(sums["step_s"], 1e-9),
             "seconds": seconds,
         }
