@@ -121,7 +121,7 @@ def main() -> None:
         "| configuration | s/iter | vs fp32 naive | peak memory |",
         "|---|---:|---:|---:|",
         *(
-            f"| {r['config']} | {r['s_per_iter']:.4f} | {r['s_per_iter'] / base:.2f}x | {r['peak_mb']:,.0f} MB |"
+            f"| {r['config']} | {r['s_per_iter']:.4f} | {r['s_per_iter'] / base:.2f}x | {_mb(r['peak_mb'])} |"
             for r in rows
         ),
         f"| authors (Lua Torch, TitanX) | {AUTHORS['s_per_iter']} | | {AUTHORS['memory_mb']:,} MB |",
