@@ -1,0 +1,39 @@
+"""The benchmark scripts stay runnable: a CPU dry run of the GPU training benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def test_gpu_benchmark_dry_run(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu.py"),
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--batch",
+            "4",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "gpu-cpu.json").read_text())["rows"]
+    assert [row["config"] for row in rows] == [
+        "fp32, naive",
+        "bf16 + channels_last",
+        "bf16 + channels_last, shared",
+        "fp32, shared",
+    ]
+    assert all(row["s_per_iter"] > 0 for row in rows)
+    assert "authors (Lua Torch, TitanX) | 0.156" in (tmp_path / "gpu-cpu.md").read_text()
