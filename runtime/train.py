@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -74,7 +75,8 @@ def lr_at(config: Config, epoch: int, step: int, steps: int) -> float:
     if config.schedule == "cosine":
         t, total = epoch * steps + step, config.epochs * steps
         return 0.5 * config.lr * (1 + math.cos(math.pi * t / total))
-    passed = sum(epoch >= round(m * config.epochs) for m in config.milestones)
+    # the authors' Lua code: decay once the 1-based epoch reaches each milestone (epoch 150 of 300)
+    passed = sum(epoch + 1 >= m * config.epochs for m in config.milestones)
     return config.lr * config.gamma**passed
 
 
@@ -165,6 +167,7 @@ class Trainer:
         train = self.data.train
         steps = math.ceil(len(train) / c.batch_size)
         last_save = time.monotonic()
+        progress = Progress(c.epochs)
         while self.epoch < c.epochs:
             order = torch.randperm(len(train), generator=_generator(c.seed, self.epoch)).to(self.device)
             self.model.train()
@@ -202,9 +205,11 @@ class Trainer:
                 sums["data_s"] += t1 - t0
                 sums["step_s"] += t2 - t0
                 self.step += 1
+                progress.update(self.epoch, self.step, steps, sums, lr, time.perf_counter() - started)
                 if c.checkpoint_every and time.monotonic() - last_save > 60 * c.checkpoint_every:
                     self.save()
                     last_save = time.monotonic()
+            progress.clear()
             record = self._end_epoch(sums, time.perf_counter() - started, lr)
             print(self._line(record), flush=True)
         return {"interrupted": False, **(self.history[-1] if self.history else {})}
@@ -281,6 +286,33 @@ class Trainer:
             f"test err {r['test_error']:.2f}%  lr {r['lr']:.4g}  {r['images_per_s']:,.0f} img/s  "
             f"data {100 * r['data_fraction']:.1f}%"
         )
+
+
+class Progress:
+    """A progress line per epoch on a terminal (stderr), rewritten in place at most twice a second."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.live = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, epoch: int, step: int, steps: int, sums: dict, lr: float, seconds: float) -> None:
+        now = time.monotonic()
+        if not self.live or (now - self.last < 0.5 and step < steps):
+            return
+        self.last = now
+        seen = max(sums["seen"], 1)
+        bar = "#" * (20 * step // steps)
+        sys.stderr.write(
+            f"\repoch {epoch + 1}/{self.epochs} [{bar:<20}] {step}/{steps}  loss {sums['loss'] / seen:.4f}  "
+            f"acc {100 * sums['correct'] / seen:.2f}%  lr {lr:.4g}  {seen / max(seconds, 1e-9):,.0f} img/s "
+        )
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.live:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
 
 def run_dir(spec_name: str, dataset: str, out: str | Path | None) -> Path:
