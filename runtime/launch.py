@@ -33,18 +33,23 @@ def bind(spec: str, overrides: dict[str, dsl.Override], dataset: str, augment: b
     if extra:
         network = dsl.load(spec, overrides, **extra)
     g = compiler.build_graph(network)
-    classes = g.nodes[g.graph["output"]]["shape"][0]
-    if classes != info["classes"]:
-        raise TrainingError(
-            f"{network.name} ends in {classes} outputs but {dataset} has {info['classes']} classes: "
-            f"--set classes={info['classes']}"
-            + ("" if "classes" in params else " (after adding a `classes` parameter)")
+    output = g.nodes[g.graph["output"]]["shape"]
+    if len(output) != 1:  # a spec mistake for this use: exit 2 like every other
+        raise dsl.DnetError(
+            f"{network.name} ends in feature maps of shape {'x'.join(map(str, output))}, not class scores",
+            help="end the network with `head classifier(classes)`",
+        )
+    if output[0] != info["classes"]:
+        raise dsl.DnetError(
+            f"{network.name} ends in {output[0]} outputs but {dataset} has {info['classes']} classes",
+            help=f"--set classes={info['classes']}" if "classes" in params else "give the spec a `classes` parameter",
         )
     shape = tuple(g.nodes["input"]["shape"])
     if dataset not in ADAPTS and shape != tuple(info["shape"]):
-        raise TrainingError(
+        raise dsl.DnetError(
             f"{network.name} takes {'x'.join(map(str, shape))} inputs but {dataset} images are "
-            f"{'x'.join(map(str, info['shape']))}" + (": --set size=32" if "size" in params else "")
+            f"{'x'.join(map(str, info['shape']))}",
+            help="--set size=32" if "size" in params else "use a spec whose input matches the dataset",
         )
     return network, extra
 

@@ -160,6 +160,8 @@ def test_training_mistakes_exit_2(tmp_path):
     assert r.returncode == 2 and "cifar-100-python.tar.gz" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("densenet_bc", "--train", "digitz")
     assert r.returncode == 2 and "did you mean `digits`" in r.stderr
+    r = run_cli("figure1", "--train", "digits")
+    assert r.returncode == 2 and "not class scores" in r.stderr and "head classifier" in r.stderr
     bad = tmp_path / "latest.pt"
     bad.write_bytes(b"garbage")
     r = run_cli("densenet_bc", "--train", "digits", "--resume", str(bad))
@@ -173,7 +175,7 @@ def test_the_spec_binds_to_the_dataset():
     assert (network.parameters["size"], network.parameters["dropout"]) == (8, 0.0)
     network, bound = bind("densenet_bc", {}, "cifar10", False)  # the paper's C10 without augmentation
     assert network.parameters["dropout"] == 0.2
-    with pytest.raises(TrainingError, match="10 outputs but cifar100 has 100"):
+    with pytest.raises(dsl.DnetError, match="10 outputs but cifar100 has 100"):
         bind("densenet_bc", dsl.parse_overrides(["classes=10"]), "cifar100", True)
-    with pytest.raises(TrainingError, match="takes 3x224x224 inputs but cifar10 images are 3x32x32"):
+    with pytest.raises(dsl.DnetError, match="takes 3x224x224 inputs but cifar10 images are 3x32x32"):
         bind("densenet121", dsl.parse_overrides(["classes=10", "size=224"]), "cifar10", True)
