@@ -73,23 +73,17 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
     layers = _layers(g)
     skip: set[str] = set()  # ops whose saves the lowering avoids
     held: dict[str, set[str]] = {}  # unit -> storages held by the lowering itself
-    if lowering in ("checkpoint", "shared"):
-        for (unit, _), nodes in layers.items():
-            first_conv = next(i for i, n in enumerate(nodes) if g.nodes[n]["op"] == "conv")
-            segment = nodes[: first_conv + 1]
-            if lowering == "shared":
-                convs = [i for i, n in enumerate(nodes) if g.nodes[n]["op"] == "conv"]
-                # every op's saves are replaced: the block keeps its buffer and each non-final stage's output
-                skip.update(nodes)
-                for c in convs[:-1]:
-                    stage_end = (
-                        nodes[c + 1] if c + 1 < len(nodes) and g.nodes[nodes[c + 1]]["op"] == "dropout" else nodes[c]
-                    )
-                    held.setdefault(unit, set()).add(stage_end)
-                held.setdefault(unit, set()).add(f"{unit}.buffer")
-            else:
-                skip.update(segment)
-                held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, segment[0]))
+    for (unit, _), nodes in layers.items() if lowering != "naive" else ():
+        convs = [i for i, n in enumerate(nodes) if g.nodes[n]["op"] == "conv"]
+        if lowering == "checkpoint":  # concat+BN+ReLU+conv1 save nothing; the checkpoint holds the inputs
+            skip.update(nodes[: convs[0] + 1])
+            held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, nodes[0]))
+        else:  # shared: the block keeps its buffer (its output's storage) and each non-final stage's output
+            skip.update(nodes)
+            for c in convs[:-1]:
+                dropped = c + 1 < len(nodes) and g.nodes[nodes[c + 1]]["op"] == "dropout"
+                held.setdefault(unit, set()).add(nodes[c + 1] if dropped else nodes[c])
+            held.setdefault(unit, set()).add(f"features.{unit}.cat")
     seen: set[str] = set()
     out: dict[str, int] = {}
     for n in nx.topological_sort(g):
@@ -101,7 +95,6 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
         storages, extra = _saves(g, n, batch, size, device)
         out[unit] += extra
         for s in storages:
-            s = _buffer_of(g, s) if lowering == "shared" else s
             if s not in seen:
                 seen.add(s)
                 out[unit] += _bytes(g, s, batch, size)
@@ -113,17 +106,7 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
     return out
 
 
-def _buffer_of(g: nx.DiGraph, s: str) -> str:
-    """Under `shared`, a block's output is its buffer."""
-    d = g.nodes.get(s)
-    if d is not None and d["op"] == "concat" and d["layer"] is None and d["unit"].startswith("denseblock"):
-        return f"{d['unit']}.buffer"
-    return s
-
-
 def _bytes(g: nx.DiGraph, storage: str, batch: int, size: int) -> int:
-    if storage.endswith(".buffer"):
-        storage = f"features.{storage[: -len('.buffer')]}.cat"
     return _elements(g, storage, batch) * size
 
 

@@ -1,1 +1,26 @@
-"""What runs: the `dnetc` command line (and, to come, the trainer)."""
+"""What runs: the `dnetc` command line, the datasets and the trainer.
+
+This module stays free of torch, so that `dnetc SPEC` validates without importing it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from typing import Any
+
+# Datasets and the paper's recipes, as data (datasets.toml): read once, used by the CLI and trainer.
+DATASETS: dict[str, dict[str, Any]] = tomllib.loads(
+    resources.files(__name__).joinpath("datasets.toml").read_text(encoding="utf-8")
+)
+
+
+def version() -> str:
+    """dnetc's installed version, recorded in runs and checkpoints."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("dnetc")
+    except PackageNotFoundError:
+        return "unknown"

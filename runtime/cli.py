@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dsl
+from runtime import version
 
 DTYPES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
@@ -29,16 +30,6 @@ examples:
 
 SPEC is a .dnet file or the name of a zoo model. The language is described in README.md.
 """
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as pkg_version
-
-    try:
-        return pkg_version("dnetc")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -122,13 +113,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _datasets() -> list[str]:
-    import tomllib
-    from importlib import resources
-
-    return list(tomllib.loads(resources.files("runtime").joinpath("datasets.toml").read_text(encoding="utf-8")))
-
-
 def zoo_command(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="dnetc zoo", description="List the model zoo with params and MACs.")
     p.add_argument("--markdown", action="store_true", help="print the table in Markdown, as README.md shows it")
@@ -162,17 +146,6 @@ def run(argv: Sequence[str]) -> int:
         print(json.dumps(data, indent=2))
     elif not args.summary and not args.train and not args.eval:
         print(report.one_line(g))
-    if args.train and args.train not in _datasets():
-        import difflib
-
-        close = difflib.get_close_matches(args.train, _datasets(), n=1)
-        print(
-            f"error: unknown dataset `{args.train}`"
-            + (f"; did you mean `{close[0]}`?" if close else "")
-            + f" (choose from {', '.join(_datasets())})",
-            file=sys.stderr,
-        )
-        return 2
     if args.summary:
         summary(g, args.depth, memory, args.batch, args.dtype, quiet_table=args.json)
     if args.viz is not None:

@@ -13,9 +13,7 @@ import io
 import os
 import pickle
 import tarfile
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,9 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DATASETS: dict[str, dict[str, Any]] = tomllib.loads(
-    resources.files("runtime").joinpath("datasets.toml").read_text(encoding="utf-8")
-)
+from . import DATASETS
 
 
 class DataError(Exception):
@@ -72,15 +68,20 @@ def default_root() -> Path:
     return cache / "dnetc" / "data"
 
 
-def load(name: str, root: str | Path | None = None, shape: tuple[int, ...] | None = None, seed: int = 0) -> Data:
-    """A dataset by name, its images fitted to `shape` (channels, *sizes) when given."""
+def dataset(name: str) -> dict[str, Any]:
+    """The table entry of a dataset, or a DataError that suggests the likely name."""
     if name not in DATASETS:
         import difflib
 
         close = difflib.get_close_matches(name, DATASETS, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""
         raise DataError(f"unknown dataset `{name}`: choose one of {', '.join(DATASETS)}{hint}")
-    info = DATASETS[name]
+    return DATASETS[name]
+
+
+def load(name: str, root: str | Path | None = None, shape: tuple[int, ...] | None = None, seed: int = 0) -> Data:
+    """A dataset by name, its images fitted to `shape` (channels, *sizes) when given."""
+    info = dataset(name)
     root = Path(root) if root is not None else default_root()
     if name == "fake":
         train, test = _fake(info, shape or tuple(info["shape"]), info["classes"], seed)

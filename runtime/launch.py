@@ -10,8 +10,8 @@ from typing import Any
 import compiler
 import dsl
 
-from . import checkpoint
-from .data import DATASETS, load
+from . import DATASETS, checkpoint, version
+from .data import load
 from .train import Trainer, TrainingError, latest_checkpoint, resolve, run_dir
 
 ADAPTS = ("digits", "fake")  # datasets that take the network's input shape
@@ -54,6 +54,11 @@ def bind(spec: str, overrides: dict[str, dsl.Override], dataset: str, augment: b
     return network, extra
 
 
+def _seed_name(dataset: str, augment: bool) -> str:
+    """The paper's name for a dataset and its augmentation: C10, C10+, SVHN, ..."""
+    return DATASETS[dataset]["name"] + ("+" if augment and dataset.startswith("cifar") else "")
+
+
 def train(
     spec: str,
     set_args: list[str],
@@ -84,7 +89,7 @@ def train(
         "spec_name": network.name,
         "overrides": set_args,
         "bound": dict(bound),
-        "version": _version(),
+        "version": version(),
     }
     (folder / "config.json").write_text(
         json.dumps({"config": flags | {"dataset": dataset}, **meta}, indent=2, default=str)
@@ -103,21 +108,12 @@ def train(
             f"resume with: dnetc {spec} --train {dataset} --resume {folder}"
         )
         return 1
-    name = DATASETS[dataset]["name"] + ("+" if config.augment and dataset.startswith("cifar") else "")
+    name = _seed_name(dataset, config.augment)
     print(
         f"{name} test error {result['test_error']:.2f}% (accuracy {100 - result['test_error']:.2f}%) "
         f"after {config.epochs} epochs; checkpoints in {folder / 'checkpoints'}"
     )
     return 0
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("dnetc")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def evaluate(spec: str, set_args: list[str], dataset: str | None, target: str, data_root: str | None) -> int:
@@ -137,6 +133,6 @@ def evaluate(spec: str, set_args: list[str], dataset: str | None, target: str, d
     except RuntimeError as e:
         raise TrainingError(f"{path} does not fit {network.name}: {e}") from None
     loss, error = trainer.evaluate()
-    name = DATASETS[dataset]["name"] + ("+" if config.augment and dataset.startswith("cifar") else "")
+    name = _seed_name(dataset, config.augment)
     print(f"{name} test error {error:.2f}% (accuracy {100 - error:.2f}%, loss {loss:.4f}) of {path}")
     return 0

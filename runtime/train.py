@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint
-from .data import DATASETS, Data, crop_and_flip, normalise
+from .data import Data, crop_and_flip, dataset, normalise
 
 PAD = 4  # CIFAR augmentation: zero-pad 4, random crop back
 
@@ -59,15 +59,15 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve(dataset: str, **flags: Any) -> Config:
+def resolve(name: str, **flags: Any) -> Config:
     """The recipe of `dataset`, with every flag that is not None put over it."""
-    recipe = dict(DATASETS[dataset]["recipe"])
+    recipe = dict(dataset(name)["recipe"])
     recipe["batch_size"] = recipe.pop("batch")
     recipe.pop("dropout", None)  # a property of the network: bound to the spec by launch.bind
     cuda = torch.cuda.is_available()
     defaults = {"device": "cuda" if cuda else "cpu", "precision": "bf16" if cuda else "fp32", "channels_last": cuda}
     values = {**defaults, **recipe, **{k: v for k, v in flags.items() if v is not None}}
-    return Config(dataset=dataset, **values)
+    return Config(dataset=name, **values)
 
 
 def lr_at(config: Config, epoch: int, step: int, steps: int) -> float:
