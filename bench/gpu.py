@@ -1,13 +1,16 @@
 """GPU training benchmark: DenseNet-BC-100-12 on CIFAR-shaped fake data, each speed configuration
-side by side, against the authors' TitanX (0.156 s/iter, 5452 MB at batch 64).
+side by side, against the authors' TitanX (0.156 s/iter, 5452 MB at batch 64); then dnetc's
+densenet121 against torchvision's at ImageNet size with the same settings.
 
     python bench/gpu.py --out bench/results          # on a CUDA machine (one call, a few minutes)
     python bench/gpu.py --device cpu --steps 3       # a dry run anywhere
 
-Each configuration trains for a fixed number of steps after warm-up (SGD, Nesterov, batch 64) and
-reports the median s/iter and the peak memory of the timed steps (`torch.cuda.max_memory_allocated`;
-on the CPU, a dry run, memory is not reported: bench/memory.py measures it). Configurations run in
-turn in one process, each after the others' memory is freed. Writes gpu-<device>.json and .md.
+Each configuration trains for a fixed number of steps after warm-up (SGD, Nesterov) and reports the
+median s/iter, the peak memory of the timed steps (`torch.cuda.max_memory_allocated`; on the CPU, a
+dry run, memory is not reported: bench/memory.py measures it) and the model FLOP utilisation: 6 x
+MACs x batch FLOPs a step (forward 2 x MACs, backward twice that) over the device's dense bf16 peak.
+Configurations run in turn in one process, each after the others' memory is freed. Writes
+gpu-<device>.json and .md.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import compiler  # noqa: E402
+import dsl  # noqa: E402
 
 CONFIGS = [
     {"name": "fp32, naive", "precision": None, "channels_last": False, "compile": False, "memory": "naive"},
@@ -51,18 +55,42 @@ CONFIGS = [
         "memory": "shared",
     },
     {"name": "fp32, shared", "precision": None, "channels_last": False, "compile": False, "memory": "shared"},
+    {
+        "name": "fp32 + compile, CUDA graphs",
+        "precision": None,
+        "channels_last": False,
+        "compile": "reduce-overhead",
+        "memory": "naive",
+    },
 ]
 AUTHORS = {"s_per_iter": 0.156, "memory_mb": 5452}  # Lua Torch, TitanX, no memory sharing
+# dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for model FLOP utilisation
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def measure(cfg: dict, device: str, batch: int, steps: int, spec: str) -> dict:
+def peak_tflops(name: str) -> float | None:
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def torchvision_model(name: str) -> torch.nn.Module:
+    import torchvision
+
+    return getattr(torchvision.models, name)(weights=None)
+
+
+def measure(cfg: dict, device: str, batch: int, steps: int, spec: str, torchvision: bool = False) -> dict:
     torch.manual_seed(0)
-    model = compiler.compile(spec, memory=cfg["memory"]).to(device)
+    if torchvision:
+        model = torchvision_model(spec).to(device)
+    else:
+        model = compiler.compile(spec, memory=cfg["memory"]).to(device)
+    shape = compiler.build_graph(dsl.load(spec)).nodes["input"]["shape"]
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    run = torch.compile(model) if cfg["compile"] else model
-    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    mode = cfg["compile"] if isinstance(cfg["compile"], str) else None
+    run = torch.compile(model, mode=mode) if cfg["compile"] else model
+    x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
     dtype = cfg["precision"]
 
@@ -93,6 +121,28 @@ def _mb(mb: float | None) -> str:
     return f"{mb:,.0f} MB" if mb is not None else "n/a"
 
 
+def _mfu(row: dict, macs: int, batch: int, peak: float | None) -> str:
+    if peak is None:
+        return "n/a"
+    return f"{100 * 6 * macs * batch / row['s_per_iter'] / (peak * 1e12):.1f}%"
+
+
+def compare(device: str, batch: int, steps: int, spec: str) -> list[dict]:
+    """dnetc's `spec` against torchvision's model of the same name, eager, each setting."""
+    settings = [CONFIGS[0], CONFIGS[1]]
+    rows = []
+    for cfg in settings:
+        for tv in (True, False):
+            r = measure(cfg, device, batch, steps, spec, torchvision=tv)
+            r["config"] = f"{'torchvision' if tv else 'dnetc'} {spec}, {cfg['name'].removesuffix(', naive')}"
+            rows.append(r)
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            print(f"{r['config']:<50} {r['s_per_iter']:.4f} s/iter  {_mb(r['peak_mb'])}", flush=True)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -100,12 +150,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--spec", default="densenet_bc_100_12")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--compare", default="densenet121", help="a model torchvision also has ('' for none)")
+    p.add_argument("--compare-batch", type=int, help="default 256 on CUDA, 2 for a CPU dry run")
+    p.add_argument("--only", nargs="*", help="configurations to run, by name (default: all)")
     args = p.parse_args()
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     rows = []
     for cfg in CONFIGS:
+        if args.only and cfg["name"] not in args.only:
+            continue
         if cfg["compile"] and args.device == "cpu":
             continue  # inductor on the CPU takes minutes to compile: a GPU measurement
         r = measure(cfg, args.device, args.batch, args.steps, args.spec)
@@ -114,21 +169,44 @@ def main() -> None:
             torch.cuda.empty_cache()
         rows.append(r)
         print(f"{r['config']:<34} {r['s_per_iter']:.4f} s/iter  {_mb(r['peak_mb'])}", flush=True)
+    peak = peak_tflops(name)
+    macs = compiler.build_graph(dsl.load(args.spec)).graph["macs"]
     base = rows[0]["s_per_iter"]
     lines = [
         f"{args.spec}, batch {args.batch}, {name}, torch {torch.__version__}:",
         "",
-        "| configuration | s/iter | vs fp32 naive | peak memory |",
-        "|---|---:|---:|---:|",
+        "| configuration | s/iter | vs fp32 naive | peak memory | MFU |",
+        "|---|---:|---:|---:|---:|",
         *(
-            f"| {r['config']} | {r['s_per_iter']:.4f} | {r['s_per_iter'] / base:.2f}x | {_mb(r['peak_mb'])} |"
+            f"| {r['config']} | {r['s_per_iter']:.4f} | {r['s_per_iter'] / base:.2f}x | {_mb(r['peak_mb'])} "
+            f"| {_mfu(r, macs, args.batch, peak)} |"
             for r in rows
         ),
-        f"| authors (Lua Torch, TitanX) | {AUTHORS['s_per_iter']} | | {AUTHORS['memory_mb']:,} MB |",
+        f"| authors (Lua Torch, TitanX) | {AUTHORS['s_per_iter']} | | {AUTHORS['memory_mb']:,} MB | |",
     ]
+    args.compare_batch = args.compare_batch or (256 if args.device == "cuda" else 2)
+    versus = compare(args.device, args.compare_batch, args.steps, args.compare) if args.compare else []
+    if versus:
+        macs = compiler.build_graph(dsl.load(args.compare)).graph["macs"]
+        lines += [
+            "",
+            f"{args.compare}, batch {args.compare_batch}, eager, the same settings for both:",
+            "",
+            "| model, configuration | s/iter | images/s | dnetc vs torchvision | peak memory | MFU |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for tv, mine in zip(versus[::2], versus[1::2], strict=True):
+            for r in (tv, mine):
+                speedup = f"{tv['s_per_iter'] / r['s_per_iter']:.2f}x"
+                lines.append(
+                    f"| {r['config']} | {r['s_per_iter']:.4f} | {args.compare_batch / r['s_per_iter']:,.0f} "
+                    f"| {speedup} | {_mb(r['peak_mb'])} | {_mfu(r, macs, args.compare_batch, peak)} |"
+                )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"gpu-{args.device}"
-    stem.with_suffix(".json").write_text(json.dumps({"device": name, "batch": args.batch, "rows": rows}, indent=2))
+    stem.with_suffix(".json").write_text(
+        json.dumps({"device": name, "batch": args.batch, "rows": rows, "compare": versus}, indent=2)
+    )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

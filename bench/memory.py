@@ -151,7 +151,11 @@ def _subprocess(run: dict, steps: int) -> dict | None:
         [sys.executable, __file__, "--child", json.dumps(run), "--steps", str(steps)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(MALLOC if run["what"] == "memory" else {})},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            **(MALLOC if run["what"] == "memory" else {}),
+        },
     )
     if proc.returncode != 0:
         print(f"failed: {run}\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -302,6 +306,9 @@ def main() -> None:
                     f"{r['peak_bytes'] / 2**20:>10,.0f} MiB {r['step_s']:.3f} s",
                     flush=True,
                 )
+            # what was measured so far survives an interrupted run (--rerender makes the table)
+            partial = {"machine": machine(device), "results": results}
+            (args.out / f"memory-{device}{'-quick' if args.quick else ''}.json").write_text(json.dumps(partial))
         write(args.out / f"memory-{device}{'-quick' if args.quick else ''}", device, machine(device), results)
 
 

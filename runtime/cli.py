@@ -109,6 +109,19 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--checkpoint-every", type=float, metavar="MINUTES", help="also checkpoint within epochs")
     t.add_argument("--keep", type=int, help="how many epoch checkpoints to keep (default 3)")
+    t.add_argument(
+        "--accumulate",
+        type=int,
+        metavar="N",
+        help="split each batch into N micro-batches whose gradients add up (less memory, same batch)",
+    )
+    t.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="data-parallel training in N processes on this machine (torchrun; one per GPU)",
+    )
+    t.add_argument("--sync-bn", action="store_true", default=None, help="batch norm statistics over all processes")
     p.add_argument("--version", action="version", version=f"dnetc {version()}")
     return p
 
@@ -153,11 +166,11 @@ def run(argv: Sequence[str]) -> int:
         if code:
             return code
     if args.train or args.eval:
-        return train_command(args)
+        return train_command(args, argv)
     return 0
 
 
-def train_command(args: argparse.Namespace) -> int:
+def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from runtime.checkpoint import CheckpointError
     from runtime.data import DataError
     from runtime.launch import evaluate, train
@@ -179,11 +192,15 @@ def train_command(args: argparse.Namespace) -> int:
         "checkpoint_every",
         "keep",
         "memory",
+        "sync_bn",
+        "accumulate",
     )
     flags = {n: getattr(args, n) for n in names}
     try:
         if args.eval:
             return evaluate(args.spec, args.overrides, args.train, args.eval, args.data)
+        if args.nproc is not None and args.nproc != 1:
+            return _spawn(args, argv)
         return train(args.spec, args.overrides, args.train, flags, args.out, args.resume, args.data)
     except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -191,6 +208,54 @@ def train_command(args: argparse.Namespace) -> int:
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def _spawn(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """`--nproc N`: check what can be checked here (usage, the spec against the dataset), fix the run
+    directory, then run the same command under torchrun."""
+    import os
+
+    from compiler import build_graph
+    from runtime import distributed
+    from runtime.data import dataset, load
+    from runtime.launch import bind
+    from runtime.train import run_dir
+
+    if args.nproc < 1 or not args.train:
+        print("error: --nproc takes a number of processes of at least 1, with --train", file=sys.stderr)
+        return 2
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print("error: --nproc inside torchrun: give one or the other", file=sys.stderr)
+        return 2
+    if args.sync_bn and (args.device == "cpu" or not _has_cuda()):
+        print("error: --sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)", file=sys.stderr)
+        return 2
+    recipe = dataset(args.train)["recipe"]
+    batch, pieces = args.batch_size or recipe["batch"], args.nproc * (args.accumulate or 1)
+    if batch < pieces:
+        print(
+            f"error: a batch of {batch} cannot be shared by {pieces} micro-batches: use a larger --batch-size",
+            file=sys.stderr,
+        )
+        return 2
+    augment = recipe["augment"] if args.augment is None else args.augment
+    network, _ = bind(args.spec, dsl.parse_overrides(args.overrides), args.train, augment)
+    load(args.train, args.data, shape=tuple(build_graph(network).nodes["input"]["shape"]))  # missing data: say so once
+    rest, skip = [], False
+    for a in argv:
+        if skip or a == "--nproc" or a.startswith("--nproc="):
+            skip = a == "--nproc" and not skip
+            continue
+        rest.append(a)
+    if args.out is None and args.resume is None:
+        rest += ["--out", str(run_dir(network.name, args.train, None))]
+    return distributed.launch(rest, args.nproc)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def summary(g, depth: int, memory: str, batch: int, dtype: str, quiet_table: bool = False) -> None:

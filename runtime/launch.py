@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import compiler
 import dsl
 
-from . import DATASETS, checkpoint, version
+from . import DATASETS, checkpoint, distributed, version
 from .data import load
 from .train import Trainer, TrainingError, latest_checkpoint, resolve, run_dir
 
@@ -68,11 +70,10 @@ def train(
     resume: str | None,
     data_root: str | None,
 ) -> int:
-    previous = None
+    previous, path = None, None
     if resume is not None:
         path = latest_checkpoint(resume)
         previous = checkpoint.load(path)
-        print(f"resuming from {path} (epoch {previous['epoch'] + 1}, step {previous['step']})")
         out = out or str(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
         flags = {**previous["config"], **{k: v for k, v in flags.items() if v is not None}}
         flags.pop("dataset", None)
@@ -80,40 +81,77 @@ def train(
     overrides = dsl.parse_overrides(set_args)
     config = resolve(dataset, **flags)
     network, bound = bind(spec, overrides, dataset, config.augment)
-    model = compiler.compile(network, memory=config.memory, batch=config.batch_size, device=config.device)
+    world = distributed.from_environment(config.device)
+    if previous is not None and world.main:
+        print(f"resuming from {path} (epoch {previous['epoch'] + 1}, step {previous['step']})")
+    finished = False
+    try:
+        code = _train(spec, set_args, dataset, flags, out, previous, data_root, config, network, bound, world)
+        finished = True
+        return code
+    finally:
+        distributed.leave(finished)
+
+
+def _train(
+    spec: str,
+    set_args: list[str],
+    dataset: str,
+    flags: dict[str, Any],
+    out: str | None,
+    previous: dict[str, Any] | None,
+    data_root: str | None,
+    config: Any,
+    network: dsl.Network,
+    bound: dict[str, Any],
+    world: distributed.World,
+) -> int:
+    say = print if world.main else _quiet
+    device = str(world.device(config.device))
+    torch.manual_seed(config.seed)  # the initial weights are part of a repeatable run
+    model = compiler.compile(network, memory=config.memory, batch=config.batch_size // world.size, device=device)
     shape = tuple(compiler.build_graph(network).nodes["input"]["shape"])
     data = load(dataset, data_root, shape=shape, seed=config.seed)
-    folder = run_dir(network.name, dataset, out)
+    # one run directory for all ranks: rank 0 names it (the default holds the time)
+    folder = Path(world.broadcast(str(run_dir(network.name, dataset, out)) if world.main else None))
     meta = {
         "spec": network.file and Path(network.file).read_text(encoding="utf-8"),
         "spec_name": network.name,
         "overrides": set_args,
         "bound": dict(bound),
         "version": version(),
+        "world_size": world.size,
     }
-    (folder / "config.json").write_text(
-        json.dumps({"config": flags | {"dataset": dataset}, **meta}, indent=2, default=str)
-    )
-    trainer = Trainer(model, data, config, folder, meta)
+    if world.main:
+        (folder / "config.json").write_text(
+            json.dumps({"config": flags | {"dataset": dataset}, **meta}, indent=2, default=str)
+        )
+    trainer = Trainer(model, data, config, folder, meta, world)
     if previous is not None:
         trainer.restore(previous)
-    print(
+    ranks = f" x {world.size} processes" if world.size > 1 else ""
+    say(
         f"training {network.name} on {dataset}: {len(data.train)} images, {config.epochs} epochs, "
-        f"batch {config.batch_size}, {config.device}, {config.precision}, memory {model.memory}; run in {folder}"
+        f"batch {config.batch_size}, {device}{ranks}, {config.precision}, memory {model.memory}; run in {folder}"
     )
     result = trainer.run()
     if result["interrupted"]:
-        print(
+        again = f" --nproc {world.size}" if world.size > 1 else ""
+        say(
             f"stopped at epoch {result['epoch'] + 1}, step {result['step']}; saved {result['checkpoint']}\n"
-            f"resume with: dnetc {spec} --train {dataset} --resume {folder}"
+            f"resume with: dnetc {spec} --train {dataset} --resume {folder}{again}"
         )
         return 1
     name = _seed_name(dataset, config.augment)
-    print(
+    say(
         f"{name} test error {result['test_error']:.2f}% (accuracy {100 - result['test_error']:.2f}%) "
         f"after {config.epochs} epochs; checkpoints in {folder / 'checkpoints'}"
     )
     return 0
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """Ranks other than 0 say nothing: one voice per run."""
 
 
 def evaluate(spec: str, set_args: list[str], dataset: str | None, target: str, data_root: str | None) -> int:

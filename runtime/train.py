@@ -4,10 +4,14 @@ Exactness: the data order of epoch e and the augmentation of step s are drawn fr
 seeded by (seed, e) and (seed, e, s); dropout draws from torch's global RNG, whose state goes into
 every checkpoint with the model, optimizer and position. A run interrupted and resumed therefore
 ends with the same parameters as one that was not (CPU, --deterministic).
+
+Under data parallelism (runtime.distributed) every rank forms the same global batch and trains on
+its share; rank 0 writes checkpoints and logs, and every rank's RNG state goes into the checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 
 from . import checkpoint
 from .data import Data, crop_and_flip, dataset, normalise
+from .distributed import World
 
 PAD = 4  # CIFAR augmentation: zero-pad 4, random crop back
 
@@ -54,8 +59,10 @@ class Config:
     channels_last: bool = False
     compile: bool = False
     memory: str | None = None  # None: the spec's `memory` setting, else naive
+    sync_bn: bool = False  # batch statistics over all ranks (CUDA, data parallel)
     checkpoint_every: float = 0.0  # minutes; 0: only at the end of each epoch
     keep: int = 3
+    accumulate: int = 1  # micro-batches per step, gradients summed: the batch's memory / accumulate
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -87,11 +94,26 @@ def _generator(*seeds: int) -> torch.Generator:
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, data: Data, config: Config, out: Path, meta: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data: Data,
+        config: Config,
+        out: Path,
+        meta: dict[str, Any],
+        world: World | None = None,
+    ) -> None:
         self.config = config
         self.out = out
         self.meta = meta  # spec text, overrides, version: stored in every checkpoint
-        self.device = torch.device(config.device)
+        self.world = world = world or World()
+        self.device = world.device(config.device)
+        pieces = world.size * config.accumulate
+        if config.accumulate < 1 or config.batch_size < pieces:
+            raise TrainingError(
+                f"a batch of {config.batch_size} cannot be split into {config.accumulate} micro-batch(es) "
+                f"on each of {world.size} process(es): use a larger --batch-size or a smaller --accumulate"
+            )
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
@@ -99,7 +121,19 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(config.seed)
         fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.sync_bn and world.size > 1:
+            if self.device.type != "cuda":
+                raise TrainingError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
+            if getattr(model, "memory", None) == "shared":
+                raise TrainingError(
+                    "--sync-bn cannot reach the batch norms inside the shared lowering: use --memory checkpoint"
+                )
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=fmt)
+        self.net: torch.nn.Module = self.model
+        if world.size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.data = data.to(self.device)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
@@ -110,13 +144,20 @@ class Trainer:
             dampening=0,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.step_fn = torch.compile(self.model) if config.compile else self.model
+        self.step_fn = torch.compile(self.net) if config.compile else self.net
         self.epoch, self.step, self.best = 0, 0, math.inf
         self.history: list[dict[str, Any]] = []
-        self.stop_requested = False
+        self.stop_requested = False  # by a signal, in this process
+        self.stop_agreed = False  # by any rank, as of the last step
 
     # ---- state
+    def _rng(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
     def state(self) -> dict[str, Any]:
+        """The whole run's state; under data parallelism a collective (every rank's RNG)."""
+        ranks = self.world.gather(self._rng()) if self.world.size > 1 else []
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -127,6 +168,7 @@ class Trainer:
             "history": self.history,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rank_rng": ranks,
             "config": asdict(self.config),
             **self.meta,
         }
@@ -140,14 +182,31 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.history = list(state["history"])
+        ranks = state.get("rank_rng", [])
+        if self.world.size > 1 and len(ranks) == self.world.size:
+            cpu, cuda = ranks[self.world.rank]
+            torch.set_rng_state(cpu)
+            if cuda is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(cuda, self.device)
+            return
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def save(self, name: str = "latest.pt") -> Path:
+        """Every rank takes part (the state is gathered); rank 0 writes."""
+        state = self.state()
         folder = self.out / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
-        return checkpoint.save(self.state(), folder / name)
+        if self.world.main:
+            folder.mkdir(parents=True, exist_ok=True)
+            checkpoint.save(state, folder / name)
+        return folder / name
+
+    def steps_per_epoch(self) -> int:
+        """Every batch, the last one too unless it is too small to give each micro-batch two samples."""
+        n, b = len(self.data.train), self.config.batch_size
+        tail = n % b
+        return n // b + (tail >= 2 * self.world.size * self.config.accumulate)
 
     # ---- the loop
     def run(self, interrupt_at: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -165,9 +224,9 @@ class Trainer:
     def _loop(self, interrupt_at: tuple[int, int] | None) -> dict[str, Any]:
         c = self.config
         train = self.data.train
-        steps = math.ceil(len(train) / c.batch_size)
+        steps = self.steps_per_epoch()
         last_save = time.monotonic()
-        progress = Progress(c.epochs)
+        progress = Progress(c.epochs, live=self.world.main)
         while self.epoch < c.epochs:
             order = torch.randperm(len(train), generator=_generator(c.seed, self.epoch)).to(self.device)
             self.model.train()
@@ -175,22 +234,33 @@ class Trainer:
             started = time.perf_counter()
             lr = lr_at(c, self.epoch, self.step, steps)
             while self.step < steps:
-                if interrupt_at == (self.epoch, self.step) or self.stop_requested:
+                stop = self.stop_requested if self.world.size == 1 else self.stop_agreed
+                if interrupt_at == (self.epoch, self.step) or stop:
                     path = self.save()
                     return {"interrupted": True, "checkpoint": str(path), "epoch": self.epoch, "step": self.step}
                 t0 = time.perf_counter()
                 index = order[self.step * c.batch_size : (self.step + 1) * c.batch_size]
                 x = normalise(train.images[index], self.data.mean, self.data.std)
-                if c.augment:
+                if c.augment:  # drawn for the global batch, so that any number of ranks sees the same
                     x = crop_and_flip(x, PAD, _generator(c.seed, self.epoch, self.step))
+                y = train.labels[index]
+                if self.world.size > 1:
+                    share = self.world.share(len(index))
+                    x, y = x[share], y[share]
                 if c.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                y = train.labels[index]
                 t1 = time.perf_counter()
                 lr = lr_at(c, self.epoch, self.step, steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss, correct = self._train_step(x, y)
+                total, correct = self._train_step(x, y, len(index))
+                save_now = bool(c.checkpoint_every) and time.monotonic() - last_save > 60 * c.checkpoint_every
+                if self.world.size > 1:  # global sums, and decisions every rank takes together
+                    total, correct, stops, saves = self.world.sum(
+                        [total, correct, self.stop_requested, save_now and self.world.main], self.device
+                    )
+                    correct, self.stop_agreed, save_now = int(correct), stops > 0, saves > 0
+                loss = total / len(index)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 t2 = time.perf_counter()
@@ -199,47 +269,63 @@ class Trainer:
                         f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}: training stopped. "
                         f"The last good checkpoint is in {self.out / 'checkpoints'}; try a lower --lr"
                     )
-                sums["loss"] += loss * len(y)
+                sums["loss"] += loss * len(index)
                 sums["correct"] += correct
-                sums["seen"] += len(y)
+                sums["seen"] += len(index)
                 sums["data_s"] += t1 - t0
                 sums["step_s"] += t2 - t0
                 self.step += 1
                 progress.update(self.epoch, self.step, steps, sums, lr, time.perf_counter() - started)
-                if c.checkpoint_every and time.monotonic() - last_save > 60 * c.checkpoint_every:
+                if save_now:
                     self.save()
                     last_save = time.monotonic()
             progress.clear()
             record = self._end_epoch(sums, time.perf_counter() - started, lr)
-            print(self._line(record), flush=True)
+            if self.world.main:
+                print(self._line(record), flush=True)
         return {"interrupted": False, **(self.history[-1] if self.history else {})}
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, int]:
+        """One SGD step on this rank's share of a global batch of `batch`, in `accumulate` micro-batches
+        whose gradients add up; returns the share's summed loss and its hits."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = self.step_fn(x)
-            loss = F.cross_entropy(out, y)
-        self.scaler.scale(loss).backward()
+        pieces = list(zip(x.tensor_split(self.config.accumulate), y.tensor_split(self.config.accumulate), strict=True))
+        pieces = [(xi, yi) for xi, yi in pieces if len(yi)]
+        total, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
+        for i, (xi, yi) in enumerate(pieces):
+            # DDP averages the ranks' gradients: weigh each piece by its share of the global batch
+            weight = len(yi) * self.world.size / batch
+            sync = i == len(pieces) - 1 or not isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.net.no_sync():  # type: ignore[operator]
+                with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    out = self.step_fn(xi)
+                    loss = F.cross_entropy(out, yi)
+                self.scaler.scale(loss if weight == 1 else loss * weight).backward()
+            total += loss.detach().float() * len(yi)
+            correct += (out.argmax(1) == yi).sum()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.item(), int((out.argmax(1) == y).sum())
+        return total.item(), int(correct)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Test loss and error (%), no augmentation, eval mode."""
         self.model.eval()
         test = self.data.test
+        part = self.world.share(len(test))  # each rank its share, summed
         loss, correct = 0.0, 0
-        for i in range(0, len(test), 256):
-            x = normalise(test.images[i : i + 256], self.data.mean, self.data.std)
+        for i in range(part.start, part.stop, 256):
+            j = min(i + 256, part.stop)
+            x = normalise(test.images[i:j], self.data.mean, self.data.std)
             if self.config.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = self.model(x).float()
-            y = test.labels[i : i + 256]
+            y = test.labels[i:j]
             loss += F.cross_entropy(out, y, reduction="sum").item()
             correct += int((out.argmax(1) == y).sum())
         self.model.train()
+        loss, correct = self.world.sum([loss, correct], self.device)
         return loss / len(test), 100.0 * (1 - correct / len(test))
 
     def _end_epoch(self, sums: dict[str, float], seconds: float, lr: float) -> dict[str, Any]:
@@ -264,9 +350,10 @@ class Trainer:
         if improved:
             self.save("best.pt")
         self.save(f"epoch-{self.epoch:04d}.pt")
-        for old in sorted((self.out / "checkpoints").glob("epoch-*.pt"))[: -self.config.keep or None]:
-            old.unlink()
-        self._write_metrics(record)
+        if self.world.main:
+            for old in sorted((self.out / "checkpoints").glob("epoch-*.pt"))[: -self.config.keep or None]:
+                old.unlink()
+            self._write_metrics(record)
         return record
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
@@ -291,9 +378,9 @@ class Trainer:
 class Progress:
     """A progress line per epoch on a terminal (stderr), rewritten in place at most twice a second."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, live: bool = True) -> None:
         self.epochs = epochs
-        self.live = sys.stderr.isatty()
+        self.live = live and sys.stderr.isatty()
         self.last = 0.0
 
     def update(self, epoch: int, step: int, steps: int, sums: dict, lr: float, seconds: float) -> None:

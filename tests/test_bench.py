@@ -36,4 +36,11 @@ def test_gpu_benchmark_dry_run(tmp_path):
         "fp32, shared",
     ]
     assert all(row["s_per_iter"] > 0 for row in rows)
+    versus = json.loads((tmp_path / "gpu-cpu.json").read_text())["compare"]
+    assert [row["config"] for row in versus] == [
+        "torchvision densenet121, fp32",
+        "dnetc densenet121, fp32",
+        "torchvision densenet121, bf16 + channels_last",
+        "dnetc densenet121, bf16 + channels_last",
+    ]
     assert "authors (Lua Torch, TitanX) | 0.156" in (tmp_path / "gpu-cpu.md").read_text()
