@@ -13,6 +13,9 @@ from typing import Any
 DATASETS: dict[str, dict[str, Any]] = tomllib.loads(
     resources.files(__name__).joinpath("datasets.toml").read_text(encoding="utf-8")
 )
+for _entry in DATASETS.values():  # `like = "imagenet"`: that entry's constants, then this one's
+    if "like" in _entry:
+        _entry |= {**DATASETS[_entry["like"]], **_entry}
 
 
 def version() -> str:

@@ -84,11 +84,15 @@ def parser() -> argparse.ArgumentParser:
         help="one node per dense layer, or per block; auto picks by size",
     )
     t = p.add_argument_group("training (defaults: the dataset's recipe, see runtime/datasets.toml)")
-    t.add_argument("--train", metavar="DATASET", help="train on cifar10, cifar100, svhn, digits or fake")
+    t.add_argument(
+        "--train", metavar="DATASET", help="train on cifar10, cifar100, svhn, imagenet, folder, digits or fake"
+    )
     t.add_argument("--data", metavar="DIR", help="where datasets live (default $DNETC_DATA or ~/.cache/dnetc/data)")
     t.add_argument("--out", metavar="DIR", help="the run directory (default runs/SPEC-DATASET-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR|FILE", help="continue a run exactly where it stopped")
     t.add_argument("--eval", metavar="RUN_DIR|FILE", help="only evaluate a checkpoint on its test set")
+    t.add_argument("--ten-crop", action="store_true", help="with --eval: average ten crops per image (imagenet)")
+    t.add_argument("--workers", type=int, metavar="N", help="data-loading processes for image folders")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -194,11 +198,12 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "memory",
         "sync_bn",
         "accumulate",
+        "workers",
     )
     flags = {n: getattr(args, n) for n in names}
     try:
         if args.eval:
-            return evaluate(args.spec, args.overrides, args.train, args.eval, args.data)
+            return evaluate(args.spec, args.overrides, args.train, args.eval, args.data, args.ten_crop)
         if args.nproc is not None and args.nproc != 1:
             return _spawn(args, argv)
         return train(args.spec, args.overrides, args.train, flags, args.out, args.resume, args.data)
@@ -217,7 +222,7 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from compiler import build_graph
     from runtime import distributed
-    from runtime.data import dataset, load
+    from runtime.data import class_count, dataset, load
     from runtime.launch import bind
     from runtime.train import run_dir
 
@@ -239,7 +244,8 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         return 2
     augment = recipe["augment"] if args.augment is None else args.augment
-    network, _ = bind(args.spec, dsl.parse_overrides(args.overrides), args.train, augment)
+    classes = class_count(args.train, args.data)
+    network, _ = bind(args.spec, dsl.parse_overrides(args.overrides), args.train, augment, classes)
     load(args.train, args.data, shape=tuple(build_graph(network).nodes["input"]["shape"]))  # missing data: say so once
     rest, skip = [], False
     for a in argv:

@@ -13,15 +13,21 @@ import io
 import os
 import pickle
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import DATASETS
+
+if TYPE_CHECKING:
+    from .distributed import World
+
+PAD = 4  # CIFAR augmentation: zero-pad 4, random crop back
 
 
 class DataError(Exception):
@@ -42,12 +48,16 @@ class Split:
 
 @dataclass
 class Data:
+    """A dataset held whole in tensors; the trainer asks it for batches (as it asks runtime.images'
+    folder datasets, which decode files in worker processes)."""
+
     name: str
     classes: int
     train: Split
     test: Split
     mean: Tensor  # per channel, 0-255 scale
     std: Tensor
+    crops: ClassVar[int] = 1  # test views per image
 
     def to(self, device: torch.device | str) -> Data:
         return Data(
@@ -58,6 +68,37 @@ class Data:
             self.mean.to(device),
             self.std.to(device),
         )
+
+    def batches(
+        self, order: Tensor, start: int, steps: int, batch: int, world: World, augment: bool, seed: tuple[int, ...]
+    ) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """Steps `start` to `steps` of an epoch in `order`: (this rank's images, labels, global batch
+        size). Augmentation is drawn for the global batch from a generator seeded by (seed, step), so
+        that a resumed run or any number of ranks sees the same images."""
+        order = order.to(self.train.images.device)
+        for step in range(start, steps):
+            index = order[step * batch : (step + 1) * batch]
+            x = normalise(self.train.images[index], self.mean, self.std)
+            if augment:
+                x = crop_and_flip(x, PAD, generator(*seed, step))
+            y = self.train.labels[index]
+            if world.size > 1:
+                share = world.share(len(index))
+                x, y = x[share], y[share]
+            yield x, y, len(index)
+
+    def test_batches(self, part: slice, size: int = 256) -> Iterator[tuple[Tensor, Tensor]]:
+        """The test images of `part`, normalised, `size` at a time."""
+        for i in range(part.start, part.stop, size):
+            j = min(i + size, part.stop)
+            yield normalise(self.test.images[i:j], self.mean, self.std), self.test.labels[i:j]
+
+
+def generator(*seeds: int) -> torch.Generator:
+    """A generator seeded by a tuple of integers (a run's seed, an epoch, a step)."""
+    g = torch.Generator()
+    g.manual_seed(hash(seeds) & (2**63 - 1))
+    return g
 
 
 def default_root() -> Path:
@@ -79,9 +120,41 @@ def dataset(name: str) -> dict[str, Any]:
     return DATASETS[name]
 
 
-def load(name: str, root: str | Path | None = None, shape: tuple[int, ...] | None = None, seed: int = 0) -> Data:
-    """A dataset by name, its images fitted to `shape` (channels, *sizes) when given."""
+def folder_root(name: str, root: str | Path | None) -> Path:
+    """An image-folder dataset's folder (holding train/ and val/): --data, else under the default root."""
+    return Path(root) if root is not None else default_root() / name
+
+
+def class_count(name: str, root: str | Path | None = None) -> int:
+    """A dataset's classes: from the table, or counted from an image-folder dataset's folders."""
     info = dataset(name)
+    if info["classes"]:
+        return info["classes"]
+    from .images import count_classes
+
+    return count_classes(folder_root(name, root))
+
+
+def load(
+    name: str,
+    root: str | Path | None = None,
+    shape: tuple[int, ...] | None = None,
+    seed: int = 0,
+    augment: bool = True,
+    ten_crop: bool = False,
+    workers: int | None = None,
+) -> Data | Any:
+    """A dataset by name, its images fitted to `shape` (channels, *sizes) when given. Image-folder
+    datasets (imagenet) come as runtime.images.Folders, decoded in `workers` processes."""
+    info = dataset(name)
+    if info.get("kind") == "folder":
+        from . import images
+
+        workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        shape = shape or tuple(info["shape"])
+        return images.load(name, info, folder_root(name, root), shape, seed, augment, ten_crop, workers)
+    if ten_crop:
+        raise DataError(f"--ten-crop is for image-folder datasets such as imagenet, not {name}")
     root = Path(root) if root is not None else default_root()
     if name == "fake":
         train, test = _fake(info, shape or tuple(info["shape"]), info["classes"], seed)

@@ -13,15 +13,18 @@ import compiler
 import dsl
 
 from . import DATASETS, checkpoint, distributed, version
-from .data import load
+from .data import class_count, load
 from .train import Trainer, TrainingError, latest_checkpoint, resolve, run_dir
 
-ADAPTS = ("digits", "fake")  # datasets that take the network's input shape
+ADAPTS = ("digits", "fake", "imagenet", "folder")  # datasets that take the network's input size
 
 
-def bind(spec: str, overrides: dict[str, dsl.Override], dataset: str, augment: bool) -> tuple[dsl.Network, dict]:
-    """The network with its class count, input size and dropout bound to the dataset's, unless pinned."""
-    info = DATASETS[dataset]
+def bind(
+    spec: str, overrides: dict[str, dsl.Override], dataset: str, augment: bool, classes: int | None = None
+) -> tuple[dsl.Network, dict]:
+    """The network with its class count, input size and dropout bound to the dataset's, unless pinned.
+    `classes`: the count of a dataset whose table leaves it to the data (image folders)."""
+    info = {**DATASETS[dataset], "classes": classes or DATASETS[dataset]["classes"]}
     network = dsl.load(spec, overrides)
     params = network.parameters
     extra: dict[str, Any] = {}
@@ -80,7 +83,7 @@ def train(
         set_args = set_args or list(previous.get("overrides", []))  # the network the run was started with
     overrides = dsl.parse_overrides(set_args)
     config = resolve(dataset, **flags)
-    network, bound = bind(spec, overrides, dataset, config.augment)
+    network, bound = bind(spec, overrides, dataset, config.augment, class_count(dataset, data_root))
     world = distributed.from_environment(config.device)
     if previous is not None and world.main:
         print(f"resuming from {path} (epoch {previous['epoch'] + 1}, step {previous['step']})")
@@ -111,7 +114,7 @@ def _train(
     torch.manual_seed(config.seed)  # the initial weights are part of a repeatable run
     model = compiler.compile(network, memory=config.memory, batch=config.batch_size // world.size, device=device)
     shape = tuple(compiler.build_graph(network).nodes["input"]["shape"])
-    data = load(dataset, data_root, shape=shape, seed=config.seed)
+    data = load(dataset, data_root, shape=shape, seed=config.seed, augment=config.augment, workers=config.workers)
     # one run directory for all ranks: rank 0 names it (the default holds the time)
     folder = Path(world.broadcast(str(run_dir(network.name, dataset, out)) if world.main else None))
     meta = {
@@ -154,23 +157,27 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     """Ranks other than 0 say nothing: one voice per run."""
 
 
-def evaluate(spec: str, set_args: list[str], dataset: str | None, target: str, data_root: str | None) -> int:
-    """Evaluate a checkpoint on its dataset's test split, as trained (same overrides and bindings)."""
+def evaluate(
+    spec: str, set_args: list[str], dataset: str | None, target: str, data_root: str | None, ten_crop: bool = False
+) -> int:
+    """Evaluate a checkpoint on its dataset's test split, as trained (same overrides and bindings);
+    `ten_crop`: average the predictions of ten crops of each image (image-folder datasets)."""
     path = latest_checkpoint(target)
     state = checkpoint.load(path)
     dataset = dataset or state["config"]["dataset"]
     flags = {k: v for k, v in state["config"].items() if k != "dataset"}
     config = resolve(dataset, **flags)
-    network, _ = bind(spec, dsl.parse_overrides(set_args or list(state.get("overrides", []))), dataset, config.augment)
+    overrides = dsl.parse_overrides(set_args or list(state.get("overrides", [])))
+    network, _ = bind(spec, overrides, dataset, config.augment, class_count(dataset, data_root))
     model = compiler.compile(network)
     shape = tuple(compiler.build_graph(network).nodes["input"]["shape"])
-    data = load(dataset, data_root, shape=shape, seed=config.seed)
+    data = load(dataset, data_root, shape=shape, seed=config.seed, ten_crop=ten_crop, workers=config.workers)
     trainer = Trainer(model, data, config, path.parent, {})
     try:
         trainer.model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise TrainingError(f"{path} does not fit {network.name}: {e}") from None
     loss, error = trainer.evaluate()
-    name = _seed_name(dataset, config.augment)
+    name = _seed_name(dataset, config.augment) + (", ten crops" if ten_crop else "")
     print(f"{name} test error {error:.2f}% (accuracy {100 - error:.2f}%, loss {loss:.4f}) of {path}")
     return 0

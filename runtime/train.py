@@ -27,10 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint
-from .data import Data, crop_and_flip, dataset, normalise
+from .data import Data, dataset, generator
 from .distributed import World
-
-PAD = 4  # CIFAR augmentation: zero-pad 4, random crop back
 
 
 class TrainingError(Exception):
@@ -62,6 +60,7 @@ class Config:
     sync_bn: bool = False  # batch statistics over all ranks (CUDA, data parallel)
     checkpoint_every: float = 0.0  # minutes; 0: only at the end of each epoch
     keep: int = 3
+    workers: int | None = None  # data-loading processes for image folders (None: up to 8)
     accumulate: int = 1  # micro-batches per step, gradients summed: the batch's memory / accumulate
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -83,14 +82,8 @@ def lr_at(config: Config, epoch: int, step: int, steps: int) -> float:
         t, total = epoch * steps + step, config.epochs * steps
         return 0.5 * config.lr * (1 + math.cos(math.pi * t / total))
     # the authors' Lua code: decay once the 1-based epoch reaches each milestone (epoch 150 of 300)
-    passed = sum(epoch + 1 >= m * config.epochs for m in config.milestones)
+    passed = sum(epoch + 1 >= round(m * config.epochs, 6) for m in config.milestones)
     return config.lr * config.gamma**passed
-
-
-def _generator(*seeds: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(hash(seeds) & (2**63 - 1))
-    return g
 
 
 class Trainer:
@@ -147,6 +140,7 @@ class Trainer:
         self.step_fn = torch.compile(self.net) if config.compile else self.net
         self.epoch, self.step, self.best = 0, 0, math.inf
         self.history: list[dict[str, Any]] = []
+        self.order: torch.Tensor | None = None  # the data order of the current epoch
         self.stop_requested = False  # by a signal, in this process
         self.stop_agreed = False  # by any rank, as of the last step
 
@@ -169,6 +163,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "rank_rng": ranks,
+            "order": None if self.order is None else self.order.to(torch.int32),
             "config": asdict(self.config),
             **self.meta,
         }
@@ -182,6 +177,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.history = list(state["history"])
+        order = state.get("order")
+        self.order = None if order is None or self.step == 0 else order.long()
         ranks = state.get("rank_rng", [])
         if self.world.size > 1 and len(ranks) == self.world.size:
             cpu, cuda = ranks[self.world.rank]
@@ -223,12 +220,15 @@ class Trainer:
 
     def _loop(self, interrupt_at: tuple[int, int] | None) -> dict[str, Any]:
         c = self.config
-        train = self.data.train
         steps = self.steps_per_epoch()
         last_save = time.monotonic()
         progress = Progress(c.epochs, live=self.world.main)
         while self.epoch < c.epochs:
-            order = torch.randperm(len(train), generator=_generator(c.seed, self.epoch)).to(self.device)
+            if self.order is None:  # a resumed run keeps the order it was saved with
+                self.order = torch.randperm(len(self.data.train), generator=generator(c.seed, self.epoch))
+            batches = self.data.batches(
+                self.order, self.step, steps, c.batch_size, self.world, c.augment, (c.seed, self.epoch)
+            )
             self.model.train()
             sums = {"loss": 0.0, "correct": 0, "seen": 0, "data_s": 0.0, "step_s": 0.0}
             started = time.perf_counter()
@@ -239,28 +239,22 @@ class Trainer:
                     path = self.save()
                     return {"interrupted": True, "checkpoint": str(path), "epoch": self.epoch, "step": self.step}
                 t0 = time.perf_counter()
-                index = order[self.step * c.batch_size : (self.step + 1) * c.batch_size]
-                x = normalise(train.images[index], self.data.mean, self.data.std)
-                if c.augment:  # drawn for the global batch, so that any number of ranks sees the same
-                    x = crop_and_flip(x, PAD, _generator(c.seed, self.epoch, self.step))
-                y = train.labels[index]
-                if self.world.size > 1:
-                    share = self.world.share(len(index))
-                    x, y = x[share], y[share]
+                x, y, batch = next(batches)
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 if c.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 t1 = time.perf_counter()
                 lr = lr_at(c, self.epoch, self.step, steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                total, correct = self._train_step(x, y, len(index))
+                total, correct = self._train_step(x, y, batch)
                 save_now = bool(c.checkpoint_every) and time.monotonic() - last_save > 60 * c.checkpoint_every
                 if self.world.size > 1:  # global sums, and decisions every rank takes together
                     total, correct, stops, saves = self.world.sum(
                         [total, correct, self.stop_requested, save_now and self.world.main], self.device
                     )
                     correct, self.stop_agreed, save_now = int(correct), stops > 0, saves > 0
-                loss = total / len(index)
+                loss = total / batch
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 t2 = time.perf_counter()
@@ -269,9 +263,9 @@ class Trainer:
                         f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}: training stopped. "
                         f"The last good checkpoint is in {self.out / 'checkpoints'}; try a lower --lr"
                     )
-                sums["loss"] += loss * len(index)
+                sums["loss"] += total
                 sums["correct"] += correct
-                sums["seen"] += len(index)
+                sums["seen"] += batch
                 sums["data_s"] += t1 - t0
                 sums["step_s"] += t2 - t0
                 self.step += 1
@@ -312,21 +306,23 @@ class Trainer:
     def evaluate(self) -> tuple[float, float]:
         """Test loss and error (%), no augmentation, eval mode."""
         self.model.eval()
-        test = self.data.test
-        part = self.world.share(len(test))  # each rank its share, summed
+        n = len(self.data.test)
         loss, correct = 0.0, 0
-        for i in range(part.start, part.stop, 256):
-            j = min(i + 256, part.stop)
-            x = normalise(test.images[i:j], self.data.mean, self.data.std)
+        for x, y in self.data.test_batches(self.world.share(n)):  # each rank its share, summed
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            crops = self.data.crops
+            if crops > 1:  # ten-crop: average the probabilities of an image's views
+                x = x.flatten(0, 1)
             if self.config.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = self.model(x).float()
-            y = test.labels[i:j]
+            if crops > 1:
+                out = out.view(len(y), crops, -1).softmax(-1).mean(1).log()
             loss += F.cross_entropy(out, y, reduction="sum").item()
             correct += int((out.argmax(1) == y).sum())
         self.model.train()
         loss, correct = self.world.sum([loss, correct], self.device)
-        return loss / len(test), 100.0 * (1 - correct / len(test))
+        return loss / n, 100.0 * (1 - correct / n)
 
     def _end_epoch(self, sums: dict[str, float], seconds: float, lr: float) -> dict[str, Any]:
         test_loss, test_error = self.evaluate()
@@ -343,7 +339,7 @@ class Trainer:
             "seconds": seconds,
         }
         self.history.append(record)
-        self.epoch, self.step = self.epoch + 1, 0
+        self.epoch, self.step, self.order = self.epoch + 1, 0, None
         improved = test_error < self.best
         self.best = min(self.best, test_error)
         self.save()
