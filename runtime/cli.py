@@ -88,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
         "--train", metavar="DATASET", help="train on cifar10, cifar100, svhn, imagenet, folder, digits or fake"
     )
     t.add_argument("--data", metavar="DIR", help="where datasets live (default $DNETC_DATA or ~/.cache/dnetc/data)")
+    t.add_argument(
+        "--download", action="store_true", help="fetch the dataset's official files first (md5 checked, resumable)"
+    )
     t.add_argument("--out", metavar="DIR", help="the run directory (default runs/SPEC-DATASET-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR|FILE", help="continue a run exactly where it stopped")
     t.add_argument("--eval", metavar="RUN_DIR|FILE", help="only evaluate a checkpoint on its test set")
@@ -206,7 +209,7 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
             return evaluate(args.spec, args.overrides, args.train, args.eval, args.data, args.ten_crop)
         if args.nproc is not None and args.nproc != 1:
             return _spawn(args, argv)
-        return train(args.spec, args.overrides, args.train, flags, args.out, args.resume, args.data)
+        return train(args.spec, args.overrides, args.train, flags, args.out, args.resume, args.data, args.download)
     except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -246,6 +249,10 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str]) -> int:
     augment = recipe["augment"] if args.augment is None else args.augment
     classes = class_count(args.train, args.data)
     network, _ = bind(args.spec, dsl.parse_overrides(args.overrides), args.train, augment, classes)
+    if args.download:
+        from runtime.download import ensure
+
+        ensure(args.train, args.data)
     load(args.train, args.data, shape=tuple(build_graph(network).nodes["input"]["shape"]))  # missing data: say so once
     rest, skip = [], False
     for a in argv:

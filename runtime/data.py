@@ -280,7 +280,7 @@ def md5sum(path: Path) -> str:
 def _missing(info: dict, name: str, root: Path, files: list[str]) -> DataError:
     return DataError(
         f"{name} is not in {root}: it needs {' or '.join(files)}.\n"
-        f"  get it from {info['url']} and put it in {root},\n"
+        f"  add --download to fetch it (md5 checked), or get it from {info['url']} and put it in {root},\n"
         f"  or point --data or $DNETC_DATA at the folder that holds it"
     )
 

@@ -72,6 +72,7 @@ def train(
     out: str | None,
     resume: str | None,
     data_root: str | None,
+    download: bool = False,
 ) -> int:
     previous, path = None, None
     if resume is not None:
@@ -85,6 +86,11 @@ def train(
     config = resolve(dataset, **flags)
     network, bound = bind(spec, overrides, dataset, config.augment, class_count(dataset, data_root))
     world = distributed.from_environment(config.device)
+    if download and world.main:
+        from .download import ensure
+
+        ensure(dataset, data_root)
+    world.broadcast(None)  # the other ranks wait for the download
     if previous is not None and world.main:
         print(f"resuming from {path} (epoch {previous['epoch'] + 1}, step {previous['step']})")
     finished = False

@@ -12,8 +12,6 @@ its share; rank 0 writes checkpoints and logs, and every rank's RNG state goes i
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import math
 import signal
 import sys
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from . import checkpoint
 from .data import Data, dataset, generator
 from .distributed import World
+from .logs import Logs
 
 
 class TrainingError(Exception):
@@ -140,6 +139,7 @@ class Trainer:
         self.step_fn = torch.compile(self.net) if config.compile else self.net
         self.epoch, self.step, self.best = 0, 0, math.inf
         self.history: list[dict[str, Any]] = []
+        self.logs = Logs(out)
         self.order: torch.Tensor | None = None  # the data order of the current epoch
         self.stop_requested = False  # by a signal, in this process
         self.stop_agreed = False  # by any rank, as of the last step
@@ -212,6 +212,7 @@ class Trainer:
         try:
             return self._loop(interrupt_at)
         finally:
+            self.logs.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
 
@@ -349,19 +350,8 @@ class Trainer:
         if self.world.main:
             for old in sorted((self.out / "checkpoints").glob("epoch-*.pt"))[: -self.config.keep or None]:
                 old.unlink()
-            self._write_metrics(record)
+            self.logs.write(record, self.history)
         return record
-
-    def _write_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        path = self.out / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(record))
-            if new:
-                writer.writeheader()
-            writer.writerow(record)
 
     def _line(self, r: dict[str, Any]) -> str:
         return (

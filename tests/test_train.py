@@ -67,6 +67,9 @@ def test_digits_reaches_97_percent(tmp_path):
     assert final["test_error"] <= 3.0, final
     assert "digits test error" in r.stdout and final["data_fraction"] < 0.05
     assert (tmp_path / "metrics.csv").exists() and (tmp_path / "checkpoints" / "best.pt").exists()
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
     r = run_cli("densenet_bc", "--set", "depth=22", "--set", "growth=12", "--eval", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert f"digits test error {final['test_error']:.2f}%" in r.stdout
@@ -179,3 +182,20 @@ def test_the_spec_binds_to_the_dataset():
         bind("densenet_bc", dsl.parse_overrides(["classes=10"]), "cifar100", True)
     with pytest.raises(dsl.DnetError, match="takes 3x224x224 inputs but cifar10 images are 3x32x32"):
         bind("densenet121", dsl.parse_overrides(["classes=10", "size=224"]), "cifar10", True)
+
+
+def test_checkpoint_every_n_minutes_saves_within_epochs(tmp_path, monkeypatch):
+    t = trainer(tmp_path, epochs=1, checkpoint_every=1e-9)  # minutes: every step is past due
+    saved = []
+    real = Trainer.save
+
+    def save(self, name="latest.pt"):
+        saved.append((name, self.epoch, self.step))
+        return real(self, name)
+
+    monkeypatch.setattr(Trainer, "save", save)
+    t.run()
+    within = [step for name, epoch, step in saved if name == "latest.pt" and epoch == 0]
+    assert within == list(range(1, t.steps_per_epoch() + 1))
+    state = checkpoint.load(tmp_path / "checkpoints" / "latest.pt")
+    assert state["order"] is None and state["epoch"] == 1  # the end of the epoch: a new order comes next
