@@ -95,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR|FILE", help="continue a run exactly where it stopped")
     t.add_argument("--eval", metavar="RUN_DIR|FILE", help="only evaluate a checkpoint on its test set")
     t.add_argument("--ten-crop", action="store_true", help="with --eval: average ten crops per image (imagenet)")
+    t.add_argument("--extra-data", action="store_true", default=None, help="SVHN: train on train + extra")
+    t.add_argument("--validation", type=int, metavar="N", help="hold N training images out (SVHN default 6000)")
     t.add_argument("--workers", type=int, metavar="N", help="data-loading processes for image folders")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
@@ -202,6 +204,8 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "sync_bn",
         "accumulate",
         "workers",
+        "extra_data",
+        "validation",
     )
     flags = {n: getattr(args, n) for n in names}
     try:

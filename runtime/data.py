@@ -57,6 +57,7 @@ class Data:
     test: Split
     mean: Tensor  # per channel, 0-255 scale
     std: Tensor
+    val: Split | None = None  # held out of the training images (SVHN's 6,000), for model selection
     crops: ClassVar[int] = 1  # test views per image
 
     def to(self, device: torch.device | str) -> Data:
@@ -67,6 +68,7 @@ class Data:
             self.test.to(device),
             self.mean.to(device),
             self.std.to(device),
+            None if self.val is None else self.val.to(device),
         )
 
     def batches(
@@ -87,11 +89,12 @@ class Data:
                 x, y = x[share], y[share]
             yield x, y, len(index)
 
-    def test_batches(self, part: slice, size: int = 256) -> Iterator[tuple[Tensor, Tensor]]:
-        """The test images of `part`, normalised, `size` at a time."""
+    def test_batches(self, part: slice, size: int = 256, split: str = "test") -> Iterator[tuple[Tensor, Tensor]]:
+        """The images of `part` of the test (or validation) split, normalised, `size` at a time."""
+        source = self.val if split == "val" and self.val is not None else self.test
         for i in range(part.start, part.stop, size):
             j = min(i + size, part.stop)
-            yield normalise(self.test.images[i:j], self.mean, self.std), self.test.labels[i:j]
+            yield normalise(source.images[i:j], self.mean, self.std), source.labels[i:j]
 
 
 def generator(*seeds: int) -> torch.Generator:
@@ -143,6 +146,8 @@ def load(
     augment: bool = True,
     ten_crop: bool = False,
     workers: int | None = None,
+    extra: bool = False,
+    validation: int = 0,
 ) -> Data | Any:
     """A dataset by name, its images fitted to `shape` (channels, *sizes) when given. Image-folder
     datasets (imagenet) come as runtime.images.Folders, decoded in `workers` processes."""
@@ -163,13 +168,22 @@ def load(
     elif name.startswith("cifar"):
         train, test = _cifar(info, root)
     else:
-        train, test = _svhn(info, root)
+        train, test = _svhn(info, root, extra)
     for split, what in ((train, "training"), (test, "test")):
         _check(split, info, name, what)
     channels = train.images.shape[1]
     mean = torch.tensor(info["mean"], dtype=torch.float32)[:channels].expand(channels).clone()
     std = torch.tensor(info["std"], dtype=torch.float32)[:channels].expand(channels).clone()
-    data = Data(name, info["classes"], train, test, mean, std)
+    val = None
+    if validation:  # a fixed choice, the same for every run of the dataset
+        if not 0 < validation < len(train):
+            raise DataError(
+                f"cannot hold {validation} of the {len(train)} training images of {name} out for validation"
+            )
+        order = torch.randperm(len(train), generator=generator(0))
+        val = Split(train.images[order[:validation]], train.labels[order[:validation]])
+        train = Split(train.images[order[validation:]], train.labels[order[validation:]])
+    data = Data(name, info["classes"], train, test, mean, std, val)
     return fit(data, shape) if shape is not None else data
 
 
@@ -210,6 +224,7 @@ def fit(data: Data, shape: tuple[int, ...]) -> Data:
         Split(convert(data.test.images), data.test.labels),
         mean,
         std,
+        None if data.val is None else Split(convert(data.val.images), data.val.labels),
     )
 
 
@@ -338,7 +353,7 @@ def _cifar(info: dict, root: Path) -> tuple[Split, Split]:
     return split(info["train"]), split(info["test"])
 
 
-def _svhn(info: dict, root: Path) -> tuple[Split, Split]:
+def _svhn(info: dict, root: Path, extra: bool = False) -> tuple[Split, Split]:
     import scipy.io
 
     def split(which: str) -> Split:
@@ -355,7 +370,11 @@ def _svhn(info: dict, root: Path) -> tuple[Split, Split]:
         labels = torch.from_numpy(y.reshape(-1).astype("int64")) % 10  # label 10 is the digit 0
         return Split(torch.from_numpy(x).permute(3, 2, 0, 1).contiguous().to(torch.uint8), labels)
 
-    return split("train"), split("test")
+    train = split("train")
+    if extra:  # the paper's SVHN: train + extra
+        more = split("extra")
+        train = Split(torch.cat([train.images, more.images]), torch.cat([train.labels, more.labels]))
+    return train, split("test")
 
 
 # ---- batched augmentation on the device ----------------------------------------------------

@@ -164,7 +164,8 @@ class Folders:
         for (x, y), n in zip(self._loader(self.train, keys), sizes, strict=True):
             yield x, y, n
 
-    def test_batches(self, part: slice, size: int = 64) -> Iterator[tuple[Tensor, Tensor]]:
+    def test_batches(self, part: slice, size: int = 64, split: str = "test") -> Iterator[tuple[Tensor, Tensor]]:
+        """The val/ folder's images of `part` (image folders hold no separate validation split)."""
         keys = [[(i, 0, 0) for i in range(j, min(j + size, part.stop))] for j in range(part.start, part.stop, size)]
         yield from self._loader(self.test, keys)
 

@@ -120,7 +120,16 @@ def _train(
     torch.manual_seed(config.seed)  # the initial weights are part of a repeatable run
     model = compiler.compile(network, memory=config.memory, batch=config.batch_size // world.size, device=device)
     shape = tuple(compiler.build_graph(network).nodes["input"]["shape"])
-    data = load(dataset, data_root, shape=shape, seed=config.seed, augment=config.augment, workers=config.workers)
+    data = load(
+        dataset,
+        data_root,
+        shape=shape,
+        seed=config.seed,
+        augment=config.augment,
+        workers=config.workers,
+        extra=config.extra_data,
+        validation=config.validation,
+    )
     # one run directory for all ranks: rank 0 names it (the default holds the time)
     folder = Path(world.broadcast(str(run_dir(network.name, dataset, out)) if world.main else None))
     meta = {

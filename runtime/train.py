@@ -59,6 +59,8 @@ class Config:
     sync_bn: bool = False  # batch statistics over all ranks (CUDA, data parallel)
     checkpoint_every: float = 0.0  # minutes; 0: only at the end of each epoch
     keep: int = 3
+    extra_data: bool = False  # SVHN: train + extra, as the paper
+    validation: int = 0  # training images held out for model selection (SVHN: 6,000)
     workers: int | None = None  # data-loading processes for image folders (None: up to 8)
     accumulate: int = 1  # micro-batches per step, gradients summed: the batch's memory / accumulate
     extra: dict[str, Any] = field(default_factory=dict)
@@ -304,12 +306,12 @@ class Trainer:
         return total.item(), int(correct)
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Test loss and error (%), no augmentation, eval mode."""
+    def evaluate(self, split: str = "test") -> tuple[float, float]:
+        """Test (or validation) loss and error (%), no augmentation, eval mode."""
         self.model.eval()
-        n = len(self.data.test)
+        n = len(self.data.val if split == "val" else self.data.test)
         loss, correct = 0.0, 0
-        for x, y in self.data.test_batches(self.world.share(n)):  # each rank its share, summed
+        for x, y in self.data.test_batches(self.world.share(n), split=split):  # each rank its share, summed
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             crops = self.data.crops
             if crops > 1:  # ten-crop: average the probabilities of an image's views
@@ -327,6 +329,8 @@ class Trainer:
 
     def _end_epoch(self, sums: dict[str, float], seconds: float, lr: float) -> dict[str, Any]:
         test_loss, test_error = self.evaluate()
+        validated = getattr(self.data, "val", None) is not None
+        val = dict(zip(("val_loss", "val_error"), self.evaluate("val"), strict=True)) if validated else {}
         record = {
             "epoch": self.epoch + 1,
             "lr": lr,
@@ -335,14 +339,16 @@ class Trainer:
             "train_error": 100.0 * (1 - sums["correct"] / max(sums["seen"], 1)),
             "test_loss": test_loss,
             "test_error": test_error,
+            **val,
             "images_per_s": sums["seen"] / max(seconds, 1e-9),
             "data_fraction": sums["data_s"] / max(sums["step_s"], 1e-9),
             "seconds": seconds,
         }
         self.history.append(record)
         self.epoch, self.step, self.order = self.epoch + 1, 0, None
-        improved = test_error < self.best
-        self.best = min(self.best, test_error)
+        chosen = val["val_error"] if validated else test_error  # best: by validation where there is one
+        improved = chosen < self.best
+        self.best = min(self.best, chosen)
         self.save()
         if improved:
             self.save("best.pt")

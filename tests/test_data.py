@@ -148,3 +148,24 @@ def test_crop_and_flip_varies_per_sample_and_keeps_the_original_without_padding(
     assert 10 < sum(flipped) < 54
     shifted = data.crop_and_flip(x, 2, torch.Generator().manual_seed(0))
     assert len({tuple(s.flatten().tolist()) for s in shifted}) == 64
+
+
+def test_svhn_extra_and_the_validation_split(tmp_path):
+    import scipy.io
+
+    for name, n in (("train_32x32.mat", 5), ("test_32x32.mat", 3), ("extra_32x32.mat", 4)):
+        x = np.full((32, 32, 3, n), n, dtype=np.uint8)
+        scipy.io.savemat(tmp_path / name, {"X": x, "y": np.full((n, 1), n)})
+    d = data.load("svhn", tmp_path, extra=True)
+    assert len(d.train) == 9 and d.train.labels.tolist() == [5] * 5 + [4] * 4 and d.val is None
+    held = data.load("svhn", tmp_path, extra=True, validation=3)
+    assert (len(held.train), len(held.val)) == (6, 3)
+    again = data.load("svhn", tmp_path, extra=True, validation=3)  # the same images, run after run
+    assert torch.equal(held.val.labels, again.val.labels) and torch.equal(held.val.images, again.val.images)
+    together = torch.cat([held.train.labels, held.val.labels]).sort().values
+    assert torch.equal(together, d.train.labels.sort().values)
+    with pytest.raises(data.DataError, match="cannot hold 9"):
+        data.load("svhn", tmp_path, extra=True, validation=9)
+    from runtime.train import resolve
+
+    assert resolve("svhn", device="cpu").validation == 6000

@@ -199,3 +199,15 @@ def test_checkpoint_every_n_minutes_saves_within_epochs(tmp_path, monkeypatch):
     assert within == list(range(1, t.steps_per_epoch() + 1))
     state = checkpoint.load(tmp_path / "checkpoints" / "latest.pt")
     assert state["order"] is None and state["epoch"] == 1  # the end of the epoch: a new order comes next
+
+
+def test_a_validation_split_chooses_the_best(tmp_path):
+    r = run_cli(
+        *["densenet_bc", *SMALL], "--train", "digits", "--epochs", "2", "--validation", "200", "--out", str(tmp_path)
+    )
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_error" in r and "test_error" in r for r in records)
+    best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")
+    assert best["best"] == min(r["val_error"] for r in records)
+    assert "1238 images" in r.stdout  # 1,438 training images less the 200 held out
