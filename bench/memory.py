@@ -291,6 +291,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for device in devices:
         results = []
+        stem = args.out / f"memory-{device}{'-quick' if args.quick else ''}"
         for run in suite(args.quick, device):
             name = run["spec"] + "".join(f" {k}={v}" for k, v in run["set"].items())
             times = _subprocess({**run, "what": "time", "device": device}, args.steps)
@@ -307,9 +308,8 @@ def main() -> None:
                     flush=True,
                 )
             # what was measured so far survives an interrupted run (--rerender makes the table)
-            partial = {"machine": machine(device), "results": results}
-            (args.out / f"memory-{device}{'-quick' if args.quick else ''}.json").write_text(json.dumps(partial))
-        write(args.out / f"memory-{device}{'-quick' if args.quick else ''}", device, machine(device), results)
+            stem.with_suffix(".json").write_text(json.dumps({"machine": machine(device), "results": results}))
+        write(stem, device, machine(device), results)
 
 
 if __name__ == "__main__":

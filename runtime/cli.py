@@ -128,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
         "--nproc",
         type=int,
         metavar="N",
-        help="data-parallel training in N processes on this machine (torchrun; one per GPU)",
+        help="data-parallel training in N processes on this machine (one per GPU); torchrun for many machines",
     )
     t.add_argument("--sync-bn", action="store_true", default=None, help="batch norm statistics over all processes")
     p.add_argument("--version", action="version", version=f"dnetc {version()}")
@@ -183,7 +183,7 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from runtime.checkpoint import CheckpointError
     from runtime.data import DataError
     from runtime.launch import evaluate, train
-    from runtime.train import TrainingError
+    from runtime.train import TrainingError, UsageError
 
     names = (
         "epochs",
@@ -212,9 +212,9 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.eval:
             return evaluate(args.spec, args.overrides, args.train, args.eval, args.data, args.ten_crop)
         if args.nproc is not None and args.nproc != 1:
-            return _spawn(args, argv)
+            return _spawn(args, argv, flags)
         return train(args.spec, args.overrides, args.train, flags, args.out, args.resume, args.data, args.download)
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
@@ -222,16 +222,16 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return 1
 
 
-def _spawn(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """`--nproc N`: check what can be checked here (usage, the spec against the dataset), fix the run
-    directory, then run the same command under torchrun."""
+def _spawn(args: argparse.Namespace, argv: Sequence[str], flags: dict) -> int:
+    """`--nproc N`: check what can be checked here (usage, the spec against the dataset, the data),
+    so that a mistake is told once, fix the run directory, then start the N workers."""
     import os
 
     from compiler import build_graph
     from runtime import distributed
-    from runtime.data import class_count, dataset, load
+    from runtime.data import class_count, load
     from runtime.launch import bind
-    from runtime.train import run_dir
+    from runtime.train import check, resolve, run_dir
 
     if args.nproc < 1 or not args.train:
         print("error: --nproc takes a number of processes of at least 1, with --train", file=sys.stderr)
@@ -239,20 +239,10 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         print("error: --nproc inside torchrun: give one or the other", file=sys.stderr)
         return 2
-    if args.sync_bn and (args.device == "cpu" or not _has_cuda()):
-        print("error: --sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)", file=sys.stderr)
-        return 2
-    recipe = dataset(args.train)["recipe"]
-    batch, pieces = args.batch_size or recipe["batch"], args.nproc * (args.accumulate or 1)
-    if batch < pieces:
-        print(
-            f"error: a batch of {batch} cannot be shared by {pieces} micro-batches: use a larger --batch-size",
-            file=sys.stderr,
-        )
-        return 2
-    augment = recipe["augment"] if args.augment is None else args.augment
+    config = resolve(args.train, **flags)
+    check(config, args.nproc)
     classes = class_count(args.train, args.data)
-    network, _ = bind(args.spec, dsl.parse_overrides(args.overrides), args.train, augment, classes)
+    network, _ = bind(args.spec, dsl.parse_overrides(args.overrides), args.train, config.augment, classes)
     if args.download:
         from runtime.download import ensure
 
@@ -267,12 +257,6 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.out is None and args.resume is None:
         rest += ["--out", str(run_dir(network.name, args.train, None))]
     return distributed.launch(rest, args.nproc)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def summary(g, depth: int, memory: str, batch: int, dtype: str, quiet_table: bool = False) -> None:

@@ -72,17 +72,17 @@ class Data:
         )
 
     def batches(
-        self, order: Tensor, start: int, steps: int, batch: int, world: World, augment: bool, seed: tuple[int, ...]
+        self, order: Tensor, start: int, steps: int, batch: int, world: World, augment: bool, seed: int, epoch: int
     ) -> Iterator[tuple[Tensor, Tensor, int]]:
         """Steps `start` to `steps` of an epoch in `order`: (this rank's images, labels, global batch
-        size). Augmentation is drawn for the global batch from a generator seeded by (seed, step), so
-        that a resumed run or any number of ranks sees the same images."""
+        size). Augmentation is drawn for the global batch from a generator seeded by (seed, epoch,
+        step), so that a resumed run or any number of ranks sees the same images."""
         order = order.to(self.train.images.device)
         for step in range(start, steps):
             index = order[step * batch : (step + 1) * batch]
             x = normalise(self.train.images[index], self.mean, self.std)
             if augment:
-                x = crop_and_flip(x, PAD, generator(*seed, step))
+                x = crop_and_flip(x, PAD, generator(seed, epoch, step))
             y = self.train.labels[index]
             if world.size > 1:
                 share = world.share(len(index))

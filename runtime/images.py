@@ -11,7 +11,7 @@ run with another number of workers or ranks, draws the same crops. Needs torchvi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,6 +125,30 @@ class Files(torch.utils.data.Dataset):
         return self.transform(img), label
 
 
+class Steps:
+    """An epoch's batch sampler from step `start` on: each step's (index, epoch, step) keys of this
+    rank's share, made as the loader asks for them rather than all at once (5,000 steps of 256 on
+    ImageNet)."""
+
+    def __init__(self, order: Tensor, start: int, steps: int, batch: int, world: World, epoch: int) -> None:
+        self.order, self.start, self.steps, self.batch, self.world, self.epoch = (
+            order,
+            start,
+            steps,
+            batch,
+            world,
+            epoch,
+        )
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for step in range(self.start, self.steps):
+            index = self.order[step * self.batch : (step + 1) * self.batch].tolist()
+            yield [(i, self.epoch, step) for i in index[self.world.share(len(index))]]
+
+
 @dataclass
 class Folders:
     """A dataset of image folders, with the interface the trainer asks of runtime.data.Data."""
@@ -141,7 +165,7 @@ class Folders:
         self.device = torch.device(device)
         return self
 
-    def _loader(self, dataset: Files, keys: list[list[tuple[int, int, int]]]) -> Iterator[tuple[Tensor, Tensor]]:
+    def _loader(self, dataset: Files, keys: Iterable[list[tuple[int, int, int]]]) -> Iterator[tuple[Tensor, Tensor]]:
         return iter(
             torch.utils.data.DataLoader(
                 dataset,
@@ -153,16 +177,13 @@ class Folders:
         )
 
     def batches(
-        self, order: Tensor, start: int, steps: int, batch: int, world: World, augment: bool, seed: tuple[int, ...]
+        self, order: Tensor, start: int, steps: int, batch: int, world: World, augment: bool, seed: int, epoch: int
     ) -> Iterator[tuple[Tensor, Tensor, int]]:
-        epoch = seed[1]
-        keys, sizes = [], []
-        for step in range(start, steps):
-            index = order[step * batch : (step + 1) * batch].tolist()
-            sizes.append(len(index))
-            keys.append([(i, epoch, step) for i in index[world.share(len(index))]])
-        for (x, y), n in zip(self._loader(self.train, keys), sizes, strict=True):
-            yield x, y, n
+        """As runtime.data.Data.batches; the files' transforms are seeded by (seed, epoch, step, index)
+        in the workers (`augment` and `seed` were fixed when the dataset was loaded)."""
+        keys = Steps(order, start, steps, batch, world, epoch)
+        for step, (x, y) in enumerate(self._loader(self.train, keys), start):
+            yield x, y, min(batch, len(order) - step * batch)
 
     def test_batches(self, part: slice, size: int = 64, split: str = "test") -> Iterator[tuple[Tensor, Tensor]]:
         """The val/ folder's images of `part` (image folders hold no separate validation split)."""

@@ -14,7 +14,7 @@ import dsl
 
 from . import DATASETS, checkpoint, distributed, version
 from .data import class_count, load
-from .train import Trainer, TrainingError, latest_checkpoint, resolve, run_dir
+from .train import Config, Trainer, TrainingError, latest_checkpoint, resolve, run_dir
 
 ADAPTS = ("digits", "fake", "imagenet", "folder")  # datasets that take the network's input size
 
@@ -110,7 +110,7 @@ def _train(
     out: str | None,
     previous: dict[str, Any] | None,
     data_root: str | None,
-    config: Any,
+    config: Config,
     network: dsl.Network,
     bound: dict[str, Any],
     world: distributed.World,

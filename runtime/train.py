@@ -16,7 +16,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,10 @@ from .logs import Logs
 
 class TrainingError(Exception):
     """Training cannot go on (a non-finite loss, a checkpoint that does not fit): says what to do."""
+
+
+class UsageError(TrainingError):
+    """Flags that cannot work together: a usage mistake (exit 2), found before any work is done."""
 
 
 @dataclass
@@ -63,7 +67,6 @@ class Config:
     validation: int = 0  # training images held out for model selection (SVHN: 6,000)
     workers: int | None = None  # data-loading processes for image folders (None: up to 8)
     accumulate: int = 1  # micro-batches per step, gradients summed: the batch's memory / accumulate
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve(name: str, **flags: Any) -> Config:
@@ -73,8 +76,21 @@ def resolve(name: str, **flags: Any) -> Config:
     recipe.pop("dropout", None)  # a property of the network: bound to the spec by launch.bind
     cuda = torch.cuda.is_available()
     defaults = {"device": "cuda" if cuda else "cpu", "precision": "bf16" if cuda else "fp32", "channels_last": cuda}
-    values = {**defaults, **recipe, **{k: v for k, v in flags.items() if v is not None}}
+    known = {f.name for f in fields(Config)}  # a checkpoint's config may hold fields of another version
+    values = {**defaults, **recipe, **{k: v for k, v in flags.items() if v is not None and k in known}}
     return Config(dataset=name, **values)
+
+
+def check(config: Config, processes: int) -> None:
+    """What the flags alone tell: called by each process, and by `--nproc` before it starts any."""
+    pieces = processes * config.accumulate
+    if config.accumulate < 1 or config.batch_size < pieces:
+        raise UsageError(
+            f"a batch of {config.batch_size} cannot be shared by {pieces} micro-batches "
+            f"({processes} process(es) x --accumulate {config.accumulate}): use a larger --batch-size"
+        )
+    if config.sync_bn and processes > 1 and torch.device(config.device).type != "cuda":
+        raise UsageError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
 
 
 def lr_at(config: Config, epoch: int, step: int, steps: int) -> float:
@@ -102,12 +118,7 @@ class Trainer:
         self.meta = meta  # spec text, overrides, version: stored in every checkpoint
         self.world = world = world or World()
         self.device = world.device(config.device)
-        pieces = world.size * config.accumulate
-        if config.accumulate < 1 or config.batch_size < pieces:
-            raise TrainingError(
-                f"a batch of {config.batch_size} cannot be split into {config.accumulate} micro-batch(es) "
-                f"on each of {world.size} process(es): use a larger --batch-size or a smaller --accumulate"
-            )
+        check(config, world.size)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
@@ -116,10 +127,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         fmt = torch.channels_last if config.channels_last else torch.contiguous_format
         if config.sync_bn and world.size > 1:
-            if self.device.type != "cuda":
-                raise TrainingError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
             if getattr(model, "memory", None) == "shared":
-                raise TrainingError(
+                raise UsageError(
                     "--sync-bn cannot reach the batch norms inside the shared lowering: use --memory checkpoint"
                 )
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -230,7 +239,7 @@ class Trainer:
             if self.order is None:  # a resumed run keeps the order it was saved with
                 self.order = torch.randperm(len(self.data.train), generator=generator(c.seed, self.epoch))
             batches = self.data.batches(
-                self.order, self.step, steps, c.batch_size, self.world, c.augment, (c.seed, self.epoch)
+                self.order, self.step, steps, c.batch_size, self.world, c.augment, c.seed, self.epoch
             )
             self.model.train()
             sums = {"loss": 0.0, "correct": 0, "seen": 0, "data_s": 0.0, "step_s": 0.0}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,19 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
         env=env,
         timeout=600,
     )
+
+
+def stop_after_first_epoch(args: list[str], out: Path) -> tuple[int, str, str]:
+    """Run `dnetc ARGS` (writing to `out`) and send it SIGTERM once its first epoch is logged."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stdout, stderr
 
 
 @pytest.fixture

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -14,7 +10,7 @@ import torch
 from runtime import checkpoint
 from runtime.distributed import World
 
-from .conftest import ROOT, run_cli
+from .conftest import run_cli, stop_after_first_epoch
 
 NET = ["densenet_bc", "--set", "depth=10", "--set", "growth=8", "--train", "digits", "--device", "cpu"]
 RUN = [*NET, "--epochs", "3", "--deterministic"]
@@ -61,14 +57,8 @@ def test_two_processes_follow_one(tmp_path, two_processes):
 
 def test_resume_under_ddp_is_bit_identical(tmp_path, two_processes):
     out = tmp_path / "split"
-    args = [sys.executable, "-m", "runtime", *RUN, "--nproc", "2", "--out", str(out)]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 1, stderr
+    code, stdout, stderr = stop_after_first_epoch([*RUN, "--nproc", "2", "--out", str(out)], out)
+    assert code == 1, stderr
     assert "--resume" in stdout and "--nproc 2" in stdout and "Traceback" not in stderr
     state = checkpoint.load(out / "checkpoints" / "latest.pt")
     assert len(state["rank_rng"]) == 2 and state["world_size"] == 2

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -19,7 +15,7 @@ from runtime.data import load
 from runtime.launch import bind
 from runtime.train import Trainer, TrainingError, lr_at, resolve
 
-from .conftest import ROOT, run_cli
+from .conftest import run_cli, stop_after_first_epoch
 
 SMALL = ["--set", "depth=16", "--set", "growth=8"]
 
@@ -125,29 +121,9 @@ def test_non_finite_loss_stops_with_a_message(tmp_path):
 
 
 def test_sigterm_saves_and_resume_finishes(tmp_path):
-    args = [
-        sys.executable,
-        "-m",
-        "runtime.cli",
-        "densenet_bc",
-        *SMALL,
-        "--train",
-        "digits",
-        "--epochs",
-        "40",
-        "--out",
-        str(tmp_path),
-        "--device",
-        "cpu",
-        "--deterministic",
-    ]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
+    args = ["densenet_bc", *SMALL, "--train", "digits", "--epochs", "40", "--out", str(tmp_path)]
+    code, out, err = stop_after_first_epoch([*args, "--device", "cpu", "--deterministic"], tmp_path)
+    assert code == 1, err
     assert "resume with: dnetc densenet_bc --train digits --resume" in out
     state = checkpoint.load(tmp_path / "checkpoints" / "latest.pt")
     assert state["epoch"] >= 1
