@@ -63,6 +63,7 @@ def to_json(g: nx.DiGraph) -> dict[str, Any]:
         "output": list(g.nodes[g.graph["output"]]["shape"]),
         "blocks": units(g),
         "convention": CONVENTION,
+        "spec": net.model_dump(mode="json"),
     }
 
 

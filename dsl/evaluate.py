@@ -38,6 +38,15 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def literal(value: Any) -> str:
+    """A value as the language writes it, lists in full: what `--set NAME=VALUE` reads back."""
+    if isinstance(value, list):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(value)
+    return show(value)
+
+
 def kind_of(value: Any) -> str:
     if value is None:
         return "none"

@@ -51,7 +51,7 @@ def load(path_or_name: str | Path, overrides: Mapping[str, Any] | None = None, /
     """
     path = resolve(path_or_name)
     text = _read(path, None)
-    return _load_text(text, str(path), path, _overrides(overrides, kwargs))
+    return _load_text(text, _display(path.resolve()), path, _overrides(overrides, kwargs))
 
 
 def parse(text: str, /, filename: str = "<string>", **overrides: Any) -> spec.Network:

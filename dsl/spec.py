@@ -184,3 +184,14 @@ STEM_OPS: dict[str, type[Node]] = {
 }
 HEAD_OPS: dict[str, type[Node]] = {m.model_fields["kind"].default: m for m in (Classifier,)}
 BODY_OPS: dict[str, type[Node]] = {m.model_fields["kind"].default: m for m in (DenseBlock, Transition)}
+
+
+SCHEMA_ID = "urn:dnetc:schema:network"
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of a validated network (draft 2020-12), from the models above: what
+    `dnetc SPEC --json` reports under `spec`, and what `Network.model_validate` accepts."""
+    body = Network.model_json_schema()
+    body["title"] = "dnetc network"
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **body}

@@ -27,3 +27,12 @@ def version() -> str:
         return package_version("dnetc")
     except PackageNotFoundError:
         return "unknown"
+
+
+def __getattr__(name: str) -> Any:
+    """`runtime.fit`: the trainer from Python, imported (with torch) only when asked for."""
+    if name == "fit":
+        from .launch import fit
+
+        return fit
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dsl
 from runtime import version
+from runtime.weights import WeightsError
 
 DTYPES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
@@ -26,7 +27,12 @@ examples:
   dnetc densenet121 --json                   the same figures as JSON
   dnetc figure1 --viz figure1.svg            a diagram (svg, png, pdf or dot)
   dnetc densenet169 --viz --viz-detail block
+  dnetc densenet121 --emit python net.py      standalone PyTorch source (imports only torch)
+  dnetc densenet121 --weights tv.pth --export onnx densenet121.onnx
+  dnetc densenet121 --weights tv.pth --reset-classifier --set classes=10 --train folder
   dnetc zoo                                  the model zoo with params and MACs
+  dnetc fmt [--check] FILES                  lay .dnet files out canonically
+  dnetc schema                               the JSON Schema of a validated spec
 
 SPEC is a .dnet file or the name of a zoo model. The language is described in README.md.
 """
@@ -78,6 +84,28 @@ def parser() -> argparse.ArgumentParser:
         help="draw the network; the extension picks the format: svg (default), png, pdf, dot",
     )
     p.add_argument(
+        "--emit",
+        nargs="+",
+        metavar=("FORMAT", "FILE"),
+        help="write the network as source: `python` (imports only torch) to FILE, or to stdout",
+    )
+    p.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("FORMAT", "FILE"),
+        help="write the network for deployment: `onnx` (dynamic batch), with --weights if given",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="start from these weights: a dnetc checkpoint, a state_dict, or torchvision's DenseNet .pth",
+    )
+    p.add_argument(
+        "--reset-classifier",
+        action="store_true",
+        help="with --weights: leave the classifier at its initial values (another class count)",
+    )
+    p.add_argument(
         "--viz-detail",
         choices=("auto", "layer", "block"),
         default="auto",
@@ -93,7 +121,13 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--out", metavar="DIR", help="the run directory (default runs/SPEC-DATASET-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR|FILE", help="continue a run exactly where it stopped")
-    t.add_argument("--eval", metavar="RUN_DIR|FILE", help="only evaluate a checkpoint on its test set")
+    t.add_argument(
+        "--eval",
+        nargs="?",
+        const="",
+        metavar="RUN_DIR|FILE",
+        help="only evaluate a checkpoint on its test set (or --weights on --train's)",
+    )
     t.add_argument("--ten-crop", action="store_true", help="with --eval: average ten crops per image (imagenet)")
     t.add_argument("--extra-data", action="store_true", default=None, help="SVHN: train on train + extra")
     t.add_argument("--validation", type=int, metavar="N", help="hold N training images out (SVHN default 6000)")
@@ -150,32 +184,113 @@ def zoo_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def schema_command(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="dnetc schema",
+        description="Print the JSON Schema of a validated spec (what `--json` reports under `spec`).",
+    )
+    p.parse_args(argv)
+    print(json.dumps(dsl.schema(), indent=2))
+    return 0
+
+
+COMMANDS = {"zoo": zoo_command, "schema": schema_command}
+
+
+def usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def run(argv: Sequence[str]) -> int:
-    if argv and argv[0] == "zoo":
-        return zoo_command(argv[1:])
+    if argv and argv[0] == "fmt":
+        from runtime.fmt import main as fmt_command
+
+        return fmt_command(argv[1:])
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     args = parser().parse_args(argv)
     from compiler import build_graph, report
 
     if args.batch < 1:
-        print(f"error: --batch must be at least 1, not {args.batch}", file=sys.stderr)
-        return 2
+        return usage_error(f"--batch must be at least 1, not {args.batch}")
+    if args.emit and (args.emit[0] not in EMIT_FORMATS or len(args.emit) > 2):
+        return usage_error(f"--emit takes a format ({', '.join(EMIT_FORMATS)}) and an optional FILE")
+    if args.export and args.export[0] not in EXPORT_FORMATS:
+        return usage_error(f"--export takes a format ({', '.join(EXPORT_FORMATS)}) and a FILE")
+    if args.reset_classifier and not args.weights:
+        return usage_error("--reset-classifier goes with --weights FILE")
+    if args.eval == "" and not (args.weights and args.train):
+        return usage_error("--eval takes a run directory or checkpoint, or evaluates --weights FILE on --train DATASET")
+    if args.weights and (args.resume or args.eval):
+        return usage_error("--weights starts a model; --resume and --eval RUN_DIR|FILE take theirs from the checkpoint")
     network = dsl.load(args.spec, dsl.parse_overrides(args.overrides))
     g = build_graph(network)
     memory = args.memory or network.memory or "naive"
+    quiet = args.json or (args.emit is not None and len(args.emit) == 1)
     if args.json:
         data = report.to_json(g)
         data["memory"] = report.memory_json(g, args.batch, args.dtype)
         print(json.dumps(data, indent=2))
-    elif not args.summary and not args.train and not args.eval:
+    elif not (args.summary or args.train or args.eval is not None or args.emit or args.export):
         print(report.one_line(g))
     if args.summary:
-        summary(g, args.depth, memory, args.batch, args.dtype, quiet_table=args.json)
+        summary(g, args.depth, memory, args.batch, args.dtype, quiet_table=quiet, weights=args.weights)
     if args.viz is not None:
         code = draw(g, args.viz or f"{network.name}.svg", args.viz_detail)
         if code:
             return code
-    if args.train or args.eval:
+    if args.emit:
+        code = emit_source(g, args.emit[1] if len(args.emit) > 1 else None, memory, args.overrides)
+        if code:
+            return code
+    if args.export:
+        code = export(g, args.export[1], args.weights, args.reset_classifier)
+        if code:
+            return code
+    if args.train or args.eval is not None:
         return train_command(args, argv)
+    return 0
+
+
+EMIT_FORMATS = ("python",)
+EXPORT_FORMATS = ("onnx",)
+
+
+def emit_source(g, path: str | None, memory: str, overrides: list[str]) -> int:
+    """`--emit python [FILE]`: the standalone source, memory-efficient by default when the spec or
+    `--memory` asks for a lowering other than naive (checkpointing stands in for `shared`)."""
+    from compiler.source import python_source
+
+    text = python_source(g, memory_efficient=memory != "naive", overrides=overrides)
+    if path is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        print(f"error: cannot write `{path}`: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+def export(g, path: str, weights: str | None, reset_classifier: bool) -> int:
+    """`--export onnx FILE`: the naive lowering in eval mode, with the weights given."""
+    from compiler.emit import emit
+    from compiler.export import ExportError, onnx
+    from runtime.weights import classifier_modules, load_into
+
+    model = emit(g, "naive")
+    if weights:
+        reset = classifier_modules(g) if reset_classifier else ()
+        load_into(model, weights, reset, g.graph["name"])
+    try:
+        onnx(model, tuple(g.nodes["input"]["shape"]), path)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
     return 0
 
 
@@ -209,11 +324,24 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     flags = {n: getattr(args, n) for n in names}
     try:
-        if args.eval:
-            return evaluate(args.spec, args.overrides, args.train, args.eval, args.data, args.ten_crop)
+        if args.eval is not None:
+            return evaluate(
+                args.spec, args.overrides, args.train, args.eval, args.data, args.ten_crop, weights=args.weights
+            )
         if args.nproc is not None and args.nproc != 1:
             return _spawn(args, argv, flags)
-        return train(args.spec, args.overrides, args.train, flags, args.out, args.resume, args.data, args.download)
+        return train(
+            args.spec,
+            args.overrides,
+            args.train,
+            flags,
+            args.out,
+            args.resume,
+            args.data,
+            args.download,
+            weights=args.weights,
+            reset_classifier=args.reset_classifier,
+        )
     except (DataError, CheckpointError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -247,7 +375,13 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str], flags: dict) -> int:
         from runtime.download import ensure
 
         ensure(args.train, args.data)
-    load(args.train, args.data, shape=tuple(build_graph(network).nodes["input"]["shape"]))  # missing data: say so once
+    g = build_graph(network)
+    load(args.train, args.data, shape=tuple(g.nodes["input"]["shape"]))  # missing data: say so once
+    if args.weights:  # a file that does not fit: say so once
+        from compiler.emit import emit
+        from runtime.weights import classifier_modules, load_into
+
+        load_into(emit(g), args.weights, classifier_modules(g) if args.reset_classifier else (), network.name)
     rest, skip = [], False
     for a in argv:
         if skip or a == "--nproc" or a.startswith("--nproc="):
@@ -259,17 +393,21 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str], flags: dict) -> int:
     return distributed.launch(rest, args.nproc)
 
 
-def summary(g, depth: int, memory: str, batch: int, dtype: str, quiet_table: bool = False) -> None:
+def summary(
+    g, depth: int, memory: str, batch: int, dtype: str, quiet_table: bool = False, weights: str | None = None
+) -> None:
     """torchinfo's table of the emitted module, the graph's per-block table (checked against each
-    other), and the estimated training memory of each lowering."""
+    other), and the estimated training memory of each lowering; with `weights`, loaded first."""
     import torchinfo
 
     from compiler import report
     from compiler.emit import emit
     from compiler.memory import choose_lowering
+    from runtime.weights import load_into
 
     lowering = choose_lowering(g, memory, batch)
     model = emit(g, lowering)
+    loaded = load_into(model, weights, name=g.graph["name"]) if weights else 0
     shape = (1, *g.nodes["input"]["shape"])
     stats = torchinfo.summary(
         model, input_size=shape, depth=depth, verbose=0, col_names=("output_size", "num_params", "mult_adds")
@@ -292,6 +430,8 @@ def summary(g, depth: int, memory: str, batch: int, dtype: str, quiet_table: boo
     print(report.CONVENTION, file=out)
     print(file=out)
     print(report.memory_table(g, batch, dtype, lowering), file=out)
+    if weights:
+        print(f"\nWeights: {loaded} tensors from {weights}, every one matched.", file=out)
 
 
 def draw(g, path: str, detail: str) -> int:
@@ -333,6 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(argv)
     except dsl.DnetError as e:
         print(e.render(), file=sys.stderr)
+        return 2
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@ reopen the run directory, resume, train, report."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,13 @@ import torch
 
 import compiler
 import dsl
+from dsl.errors import did_you_mean
+from dsl.evaluate import literal
 
 from . import DATASETS, checkpoint, distributed, version
 from .data import class_count, load
 from .train import Config, Trainer, TrainingError, latest_checkpoint, resolve, run_dir
+from .weights import classifier_modules, load_into, sha256
 
 ADAPTS = ("digits", "fake", "imagenet", "folder")  # datasets that take the network's input size
 
@@ -64,7 +68,48 @@ def _seed_name(dataset: str, augment: bool) -> str:
     return DATASETS[dataset]["name"] + ("+" if augment and dataset.startswith("cifar") else "")
 
 
-def train(
+def fit(
+    spec: str | Path,
+    dataset: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    data: str | Path | None = None,
+    resume: str | Path | None = None,
+    weights: str | Path | None = None,
+    reset_classifier: bool = False,
+    download: bool = False,
+    **flags: Any,
+) -> dict[str, Any]:
+    """Train from Python as `dnetc SPEC --train DATASET` does, with the same recipes, run directory
+    and checkpoints. `flags` are the command line's (epochs, batch_size, lr, device, memory, ...).
+    Returns the run's result: test_error, epoch, interrupted, checkpoint and folder."""
+    known = {f.name for f in fields(Config)} - {"dataset"}
+    for name in flags:
+        if name not in known:
+            hint = did_you_mean(name, known)
+            raise TypeError(f"fit() has no setting `{name}`" + (f"; {hint}" if hint else ""))
+    set_args = [f"{k}={literal(v)}" for k, v in (overrides or {}).items()]
+    return run(
+        str(spec),
+        set_args,
+        dataset,
+        flags,
+        out and str(out),
+        resume and str(resume),
+        data and str(data),
+        download,
+        weights and str(weights),
+        reset_classifier,
+    )
+
+
+def train(*args: Any, **kwargs: Any) -> int:
+    """`run` for the command line: its exit status."""
+    return run(*args, **kwargs)["code"]
+
+
+def run(
     spec: str,
     set_args: list[str],
     dataset: str,
@@ -73,7 +118,11 @@ def train(
     resume: str | None,
     data_root: str | None,
     download: bool = False,
-) -> int:
+    weights: str | None = None,
+    reset_classifier: bool = False,
+) -> dict[str, Any]:
+    """Train a spec on a dataset as the command line says; `weights` (fine-tuning) start the model
+    from a file, its classifier left at its initial values with `reset_classifier`."""
     previous, path = None, None
     if resume is not None:
         path = latest_checkpoint(resume)
@@ -95,9 +144,10 @@ def train(
         print(f"resuming from {path} (epoch {previous['epoch'] + 1}, step {previous['step']})")
     finished = False
     try:
-        code = _train(spec, set_args, dataset, flags, out, previous, data_root, config, network, bound, world)
+        start = (weights, reset_classifier)
+        result = _train(spec, set_args, dataset, flags, out, previous, data_root, config, network, bound, world, start)
         finished = True
-        return code
+        return result
     finally:
         distributed.leave(finished)
 
@@ -114,12 +164,19 @@ def _train(
     network: dsl.Network,
     bound: dict[str, Any],
     world: distributed.World,
-) -> int:
+    start: tuple[str | None, bool] = (None, False),
+) -> dict[str, Any]:
     say = print if world.main else _quiet
     device = str(world.device(config.device))
     torch.manual_seed(config.seed)  # the initial weights are part of a repeatable run
     model = compiler.compile(network, memory=config.memory, batch=config.batch_size // world.size, device=device)
-    shape = tuple(compiler.build_graph(network).nodes["input"]["shape"])
+    g = compiler.build_graph(network)
+    shape = tuple(g.nodes["input"]["shape"])
+    weights, reset_classifier = start
+    if weights and previous is None:
+        reset = classifier_modules(g) if reset_classifier else ()
+        loaded = load_into(model, weights, reset, network.name)
+        say(f"started from {loaded} tensors of {weights}" + (", the classifier afresh" if reset else ""))
     data = load(
         dataset,
         data_root,
@@ -139,6 +196,7 @@ def _train(
         "bound": dict(bound),
         "version": version(),
         "world_size": world.size,
+        "weights": weights and {"file": str(weights), "sha256": sha256(weights), "reset_classifier": reset_classifier},
     }
     if world.main:
         (folder / "config.json").write_text(
@@ -159,13 +217,13 @@ def _train(
             f"stopped at epoch {result['epoch'] + 1}, step {result['step']}; saved {result['checkpoint']}\n"
             f"resume with: dnetc {spec} --train {dataset} --resume {folder}{again}"
         )
-        return 1
+        return {**result, "folder": folder, "code": 1}
     name = _seed_name(dataset, config.augment)
     say(
         f"{name} test error {result['test_error']:.2f}% (accuracy {100 - result['test_error']:.2f}%) "
         f"after {config.epochs} epochs; checkpoints in {folder / 'checkpoints'}"
     )
-    return 0
+    return {**result, "folder": folder, "code": 0}
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
@@ -173,25 +231,39 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
 
 
 def evaluate(
-    spec: str, set_args: list[str], dataset: str | None, target: str, data_root: str | None, ten_crop: bool = False
+    spec: str,
+    set_args: list[str],
+    dataset: str | None,
+    target: str | None,
+    data_root: str | None,
+    ten_crop: bool = False,
+    weights: str | None = None,
 ) -> int:
-    """Evaluate a checkpoint on its dataset's test split, as trained (same overrides and bindings);
+    """Evaluate a checkpoint on its dataset's test split, as trained (same overrides and bindings),
+    or, with `weights` and no `target`, a weights file on `dataset` with its recipe's settings;
     `ten_crop`: average the predictions of ten crops of each image (image-folder datasets)."""
-    path = latest_checkpoint(target)
-    state = checkpoint.load(path)
-    dataset = dataset or state["config"]["dataset"]
-    flags = {k: v for k, v in state["config"].items() if k != "dataset"}
+    if target:
+        path = latest_checkpoint(target)
+        state = checkpoint.load(path)
+        dataset = dataset or state["config"]["dataset"]
+        flags = {k: v for k, v in state["config"].items() if k != "dataset"}
+        set_args = set_args or list(state.get("overrides", []))
+    else:
+        assert weights is not None and dataset is not None
+        path, state, flags = Path(weights), None, {}
     config = resolve(dataset, **flags)
-    overrides = dsl.parse_overrides(set_args or list(state.get("overrides", [])))
-    network, _ = bind(spec, overrides, dataset, config.augment, class_count(dataset, data_root))
+    network, _ = bind(spec, dsl.parse_overrides(set_args), dataset, config.augment, class_count(dataset, data_root))
     model = compiler.compile(network)
     shape = tuple(compiler.build_graph(network).nodes["input"]["shape"])
     data = load(dataset, data_root, shape=shape, seed=config.seed, ten_crop=ten_crop, workers=config.workers)
+    if state is None:
+        load_into(model, path, name=network.name)
     trainer = Trainer(model, data, config, path.parent, {})
-    try:
-        trainer.model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise TrainingError(f"{path} does not fit {network.name}: {e}") from None
+    if state is not None:
+        try:
+            trainer.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise TrainingError(f"{path} does not fit {network.name}: {e}") from None
     loss, error = trainer.evaluate()
     name = _seed_name(dataset, config.augment) + (", ten crops" if ten_crop else "")
     print(f"{name} test error {error:.2f}% (accuracy {100 - error:.2f}%, loss {loss:.4f}) of {path}")

@@ -1,0 +1,432 @@
+"""Emit standalone PyTorch source from the graph IR: a file that imports only torch.
+
+The source is what a person would write for this one network, after torchvision's DenseNet: a
+dense layer, a dense block, a transition and the network, with the spec's sizes written out as
+numbers. Only what the spec uses is emitted (bottleneck or plain layers, dropout). Its modules
+carry the compiled module's names, so the state_dict keys are equal and dnetc's weights load into
+it. The lines are laid out as ruff's formatter would lay them out (line length 88).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+
+from dsl import zoo_dir
+from dsl.evaluate import literal
+
+WIDTH = 88
+INDENT = "    "
+
+
+def _where(file: str | None) -> str:
+    """A spec's file as the header names it: relative to the working directory, or in the zoo."""
+    if file is None:
+        return "<string>"
+    path = Path(file).resolve()
+    if path.parent == zoo_dir().resolve():
+        return f"{path.name} in dnetc's zoo"
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _size(values: tuple[int, ...]) -> str:
+    """`3` for (3, 3), `(3, 5)` for (3, 5): one number when every dimension agrees."""
+    if len(set(values)) == 1:
+        return str(values[0])
+    return "(" + ", ".join(map(str, values)) + ")"
+
+
+def _call(indent: str, head: str, args: list[str], tail: str = ")") -> list[str]:
+    """`head(args)` at `indent`, wrapped as ruff wraps a call that does not fit on one line."""
+    one = f"{indent}{head}{', '.join(args)}{tail}"
+    if len(one) <= WIDTH or not args:
+        return [one]
+    inner = indent + INDENT + ", ".join(args)
+    if len(inner) <= WIDTH:
+        return [f"{indent}{head}", inner, f"{indent}{tail}"]
+    return [f"{indent}{head}", *(f"{indent}{INDENT}{a}," for a in args), f"{indent}{tail}"]
+
+
+def _window_args(a: dict, conv: bool) -> list[str]:
+    rank = len(a["kernel"])
+    out = [f"kernel_size={_size(a['kernel'])}"]
+    if a["stride"] != (a["kernel"] if not conv else (1,) * rank):
+        out.append(f"stride={_size(a['stride'])}")
+    if any(a["padding"]):
+        out.append(f"padding={_size(a['padding'])}")
+    return out
+
+
+class _Writer:
+    def __init__(self, g: nx.DiGraph, memory_efficient: bool, overrides: list[str], tool: str) -> None:
+        self.g = g
+        self.d = len(g.nodes["input"]["shape"]) - 1
+        self.memory_efficient = memory_efficient
+        self.overrides = overrides
+        self.tool = tool
+        blocks = [u for u in g.graph["units"].values() if u["kind"] == "dense"]
+        self.bottleneck = {bool(u["bottleneck"]) for u in blocks}
+        self.dropout = any(u["dropout"] > 0 for u in blocks)
+        self.transition_dropout = any(u["dropout"] > 0 for u in g.graph["units"].values() if u["kind"] == "transition")
+        self.head = [n for n in nx.topological_sort(g) if g.nodes[n]["op"] == "linear"]
+
+    def nn(self, name: str) -> str:
+        return f"nn.{name}{self.d}d"
+
+    def channels_in(self, n: str) -> int:
+        (pred,) = self.g.predecessors(n)
+        return self.g.nodes[pred]["shape"][0]
+
+    # ---- the parts of the file
+    def header(self) -> list[str]:
+        g, net = self.g, self.g.graph["network"]
+        shape_in = "x".join(map(str, g.nodes["input"]["shape"]))
+        shape_out = "x".join(map(str, g.nodes[g.graph["output"]]["shape"]))
+        params = ", ".join(f"{k}={literal(v)}" for k, v in net.parameters.items()) or "none"
+        overrides = " ".join(f"--set {o}" for o in self.overrides) or "none"
+        lines = [
+            f'"""{net.name}: a densely connected network in plain PyTorch, written by {self.tool}.',
+            "",
+            f"Spec: {_where(net.file)} (network {net.name})",
+            f"Overrides: {overrides}",
+            f"Parameters: {params}",
+            f"Input {shape_in} -> output {shape_out}; {g.graph['params']:,} parameters,",
+            f"{g.graph['macs']:,} multiply-adds per sample.",
+            "",
+            "Only torch is needed. The state_dict keys are those of dnetc's compiled module, so",
+            "its checkpoints and weights load with strict=True:",
+            "",
+            "    model = DenseNet()",
+            '    model.load_state_dict(load_weights("runs/RUN/checkpoints/best.pt"))',
+            '"""',
+        ]
+        return [*_wrap_text(lines), ""]
+
+    def imports(self) -> list[str]:
+        lines = ["from __future__ import annotations", "", "import hashlib", "import io", ""]
+        lines += [
+            "import torch",
+            "import torch.nn.functional as F",
+            "from torch import Tensor, nn",
+            "from torch.utils.checkpoint import checkpoint",
+        ]
+        return lines
+
+    def dense_layer(self) -> list[str]:
+        both = len(self.bottleneck) == 2
+        has_bottleneck = True in self.bottleneck
+        args = ["in_channels: int", "growth: int"]
+        if has_bottleneck:
+            args.append("bottleneck: int | None" if both else "bottleneck: int")
+        if self.dropout:
+            args.append("dropout: float = 0.0")
+        args.append("memory_efficient: bool = False")
+        if both:
+            doc = [
+                '"""BN-ReLU-Conv(3x3) to `growth` channels over the concatenation of all earlier',
+                "feature maps of the block; with a bottleneck, BN-ReLU-Conv(1x1) to",
+                '`bottleneck * growth` channels first (DenseNet-B)."""',
+            ]
+        elif has_bottleneck:
+            doc = [
+                '"""BN-ReLU-Conv(1x1) to `bottleneck * growth` channels, then BN-ReLU-Conv(3x3)',
+                "to `growth` channels, over the concatenation of all earlier feature maps of the",
+                'block."""',
+            ]
+        else:
+            doc = [
+                '"""BN-ReLU-Conv(3x3) to `growth` channels over the concatenation of all earlier',
+                'feature maps of the block."""',
+            ]
+        out = ["class DenseLayer(nn.Module):", *(INDENT + d for d in doc), ""]
+        out += _call(INDENT, "def __init__(", ["self", *args], ") -> None:")
+        i2, i3 = INDENT * 2, INDENT * 3
+        out.append(f"{i2}super().__init__()")
+        drop = "nn.Dropout(dropout) if dropout else nn.Identity()" if self.dropout else None
+        three = ["kernel_size=3", "padding=1"]
+        if both:
+            out.append(f"{i2}width = bottleneck * growth if bottleneck else growth")
+            first = ["kernel_size=1 if bottleneck else 3", "padding=0 if bottleneck else 1"]
+            out += self.stage(i2, "1", "in_channels", "width", first, drop)
+            out.append(f"{i2}if bottleneck:")
+            out += self.stage(i3, "2", "width", "growth", three, drop)
+        elif has_bottleneck:
+            out += self.stage(i2, "1", "in_channels", "bottleneck * growth", ["kernel_size=1"], drop)
+            out += self.stage(i2, "2", "bottleneck * growth", "growth", three, drop)
+        else:
+            out += self.stage(i2, "1", "in_channels", "growth", three, drop)
+        out.append(f"{i2}self.memory_efficient = memory_efficient")
+        out.append("")
+        out += self.layer_forward(both, has_bottleneck)
+        return [*out, "", *self.first_stage()]
+
+    def stage(self, indent: str, n: str, c_in: str, c_out: str, window: list[str], drop: str | None) -> list[str]:
+        """BN-ReLU-Conv(-Dropout) named with suffix `n`: `norm1`, `relu1`, `conv1`, `drop1`."""
+        out = [
+            f"{indent}self.norm{n} = {self.nn('BatchNorm')}({c_in})",
+            f"{indent}self.relu{n} = nn.ReLU(inplace=True)",
+        ]
+        out += _call(indent, f"self.conv{n} = {self.nn('Conv')}(", [c_in, c_out, *window, "bias=False"])
+        if drop is not None:
+            out.append(f"{indent}self.drop{n} = {drop}")
+        return out
+
+    def layer_forward(self, both: bool, has_bottleneck: bool) -> list[str]:
+        i2, i3 = INDENT * 2, INDENT * 3
+        out = [f"{INDENT}def forward(self, features: list[Tensor]) -> Tensor:"]
+        out.append(f"{i2}if self.memory_efficient and torch.is_grad_enabled():")
+        out.append(f"{i3}x = self.first_stage_recomputed(features)")
+        out.append(f"{i2}else:")
+        out.append(f"{i3}x = self.conv1(self.relu1(self.norm1(torch.cat(features, 1))))")
+        if self.dropout:
+            out.append(f"{i2}x = self.drop1(x)")
+        if both:
+            out.append(f'{i2}if hasattr(self, "conv2"):')
+            out.append(f"{i3}x = self.conv2(self.relu2(self.norm2(x)))")
+            if self.dropout:
+                out.append(f"{i3}x = self.drop2(x)")
+        elif has_bottleneck:
+            out.append(f"{i2}x = self.conv2(self.relu2(self.norm2(x)))")
+            if self.dropout:
+                out.append(f"{i2}x = self.drop2(x)")
+        out.append(f"{i2}return x")
+        return out
+
+    def first_stage(self) -> list[str]:
+        i2, i3, i4 = INDENT * 2, INDENT * 3, INDENT * 4
+        return [
+            f"{INDENT}def first_stage_recomputed(self, features: list[Tensor]) -> Tensor:",
+            f'{i2}"""Concat-BN-ReLU-Conv, recomputed in the backward pass instead of stored, so',
+            f"{i2}that memory grows linearly with depth (Pleiss et al. 2017). The recomputation",
+            f'{i2}uses the same batch statistics and leaves the running statistics alone."""',
+            f"{i2}first = True",
+            "",
+            f"{i2}def stage(*inputs: Tensor) -> Tensor:",
+            f"{i3}nonlocal first",
+            f"{i3}x = torch.cat(inputs, 1)",
+            f"{i3}if first:",
+            f"{i4}x = self.norm1(x)",
+            f"{i3}else:",
+            f"{i4}n = self.norm1",
+            f"{i4}mean, var = n.running_mean, n.running_var",
+            f"{i4}batch = n.training or mean is None",
+            f"{i4}x = F.batch_norm(x, mean, var, n.weight, n.bias, batch, 0.0, n.eps)",
+            f"{i3}first = False",
+            f"{i3}return self.conv1(self.relu1(x))",
+            "",
+            f"{i2}return checkpoint(stage, *features, use_reentrant=False)",
+        ]
+
+    def dense_block(self) -> list[str]:
+        i2, i3 = INDENT * 2, INDENT * 3
+        args = ["self", "layers: int", "in_channels: int", "growth: int"]
+        passed = ["in_channels + i * growth", "growth"]
+        if True in self.bottleneck:
+            args.append("bottleneck: int | None" if len(self.bottleneck) == 2 else "bottleneck: int")
+            passed.append("bottleneck")
+        if self.dropout:
+            args.append("dropout: float = 0.0")
+            passed.append("dropout")
+        args.append("memory_efficient: bool = False")
+        passed.append("memory_efficient")
+        out = [
+            "class DenseBlock(nn.ModuleDict):",
+            f'{INDENT}"""Feeds each layer the block\'s input and the new features of every earlier',
+            f'{INDENT}layer; returns their concatenation."""',
+            "",
+        ]
+        out += _call(INDENT, "def __init__(", args, ") -> None:")
+        out.append(f"{i2}super().__init__()")
+        out.append(f"{i2}for i in range(layers):")
+        out += _call(i3, 'self[f"denselayer{i + 1}"] = DenseLayer(', passed)
+        out += [
+            "",
+            f"{INDENT}def forward(self, x: Tensor) -> Tensor:",
+            f"{i2}features = [x]",
+            f"{i2}for layer in self.values():",
+            f"{i3}features.append(layer(features))",
+            f"{i2}return torch.cat(features, 1)",
+        ]
+        return out
+
+    def transition(self) -> list[str]:
+        i2 = INDENT * 2
+        args = ["self", "in_channels: int", "out_channels: int"]
+        if self.transition_dropout:
+            args.append("dropout: float = 0.0")
+        out = [
+            "class Transition(nn.Sequential):",
+            f'{INDENT}"""BN-ReLU-Conv(1x1) to `out_channels` (compression), then 2x average pooling."""',
+            "",
+        ]
+        out += _call(INDENT, "def __init__(", args, ") -> None:")
+        out.append(f"{i2}super().__init__()")
+        out += self.stage(i2, "", "in_channels", "out_channels", ["kernel_size=1"], None)
+        if self.transition_dropout:
+            out.append(f"{i2}if dropout:")
+            out.append(f"{i2}{INDENT}self.drop = nn.Dropout(dropout)")
+        out.append(f"{i2}self.pool = {self.nn('AvgPool')}(kernel_size=2, stride=2)")
+        return out
+
+    def global_pool(self) -> list[str]:
+        return [
+            "class GlobalAvgPool(nn.Module):",
+            f'{INDENT}"""The mean over every spatial dimension: (N, C, *S) -> (N, C)."""',
+            "",
+            f"{INDENT}def forward(self, x: Tensor) -> Tensor:",
+            f"{INDENT * 2}return x.mean(dim=tuple(range(2, x.dim())))",
+        ]
+
+    def module(self, n: str) -> tuple[str, list[str]]:
+        """The constructor and arguments of one op node outside dense blocks and transitions."""
+        node = self.g.nodes[n]
+        op, a, c_in = node["op"], node["args"], self.channels_in(n)
+        if op == "conv":
+            args = [str(c_in), str(node["shape"][0]), *_window_args(a, conv=True), "bias=False"]
+            return self.nn("Conv"), args
+        if op == "norm":
+            return self.nn("BatchNorm"), [str(c_in)]
+        if op == "relu":
+            return "nn.ReLU", ["inplace=True"]
+        if op == "dropout":
+            return "nn.Dropout", [str(a["p"])]
+        if op in ("maxpool", "avgpool"):
+            return self.nn("MaxPool" if op == "maxpool" else "AvgPool"), _window_args(a, conv=False)
+        if op == "global_pool":
+            return "GlobalAvgPool", []
+        raise AssertionError(f"no source for op {op}")
+
+    def network(self) -> list[str]:
+        g = self.g
+        i2 = INDENT * 2
+        classes = g.nodes[self.head[0]]["shape"][0] if self.head else None
+        args = ["self"]
+        if classes is not None:
+            args.append(f"classes: int = {classes}")
+        args.append(f"memory_efficient: bool = {self.memory_efficient}")
+        shape_in = "x".join(map(str, g.nodes["input"]["shape"]))
+        shape_out = "x".join(map(str, g.nodes[g.graph["output"]]["shape"]))
+        out = [
+            "class DenseNet(nn.Module):",
+            f'{INDENT}"""{g.graph["name"]}: {shape_in} -> {shape_out}. `memory_efficient` recomputes each',
+            f"{INDENT}dense layer's first convolution in the backward pass rather than storing its",
+            f'{INDENT}input (slower, far less memory)."""',
+            "",
+        ]
+        out += _call(INDENT, "def __init__(", args, ") -> None:")
+        out.append(f"{i2}super().__init__()")
+        out.append(f"{i2}m = memory_efficient")
+        out.append(f"{i2}features = nn.Sequential()")
+        done: set[str] = set()
+        for n in nx.topological_sort(g):
+            node = g.nodes[n]
+            if node["module"] is None or node["op"] == "linear":
+                continue
+            unit = node["unit"]
+            kind = g.graph["units"].get(unit, {}).get("kind")
+            if kind == "dense":
+                if unit in done:
+                    continue
+                done.add(unit)
+                u = g.graph["units"][unit]
+                args = [str(u["layers"]), str(self.channels_in(n)), f"growth={u['growth']}"]
+                if True in self.bottleneck:
+                    args.append(f"bottleneck={u['bottleneck']}")
+                if u["dropout"] > 0:
+                    args.append(f"dropout={u['dropout']}")
+                args.append("memory_efficient=m")
+                out += _call(i2, f"features.{unit} = DenseBlock(", args)
+            elif kind == "transition":
+                if unit in done:
+                    continue
+                done.add(unit)
+                u = g.graph["units"][unit]
+                conv = next(m for m in g.successors(n) if m.endswith(".relu"))
+                conv = next(iter(g.successors(conv)))
+                args = [str(self.channels_in(n)), str(g.nodes[conv]["shape"][0])]
+                if u["dropout"] > 0:
+                    args.append(f"dropout={u['dropout']}")
+                out += _call(i2, f"features.{unit} = Transition(", args)
+            else:
+                make, args = self.module(n)
+                out += _call(i2, f"features.{n.split('.')[-1]} = {make}(", args)
+        out.append(f"{i2}self.features = features")
+        if classes is not None:
+            (linear,) = self.head
+            out.append(f"{i2}self.classifier = nn.Linear({self.channels_in(linear)}, classes)")
+        out.append(f"{i2}initialise(self)")
+        out += ["", f"{INDENT}def forward(self, x: Tensor) -> Tensor:"]
+        if classes is not None:
+            out.append(f"{i2}return self.classifier(self.features(x))")
+        else:
+            out.append(f"{i2}return self.features(x)")
+        return out
+
+    def initialise(self) -> list[str]:
+        d = self.d
+        return [
+            "def initialise(model: nn.Module) -> None:",
+            f'{INDENT}"""The paper\'s initialisation: He-normal convolutions (fan out), batch norm',
+            f'{INDENT}weight 1 and bias 0, linear bias 0."""',
+            f"{INDENT}for m in model.modules():",
+            f"{INDENT * 2}if isinstance(m, nn.Conv{d}d):",
+            f'{INDENT * 3}nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")',
+            f"{INDENT * 2}elif isinstance(m, nn.BatchNorm{d}d):",
+            f"{INDENT * 3}nn.init.ones_(m.weight)",
+            f"{INDENT * 3}nn.init.zeros_(m.bias)",
+            f"{INDENT * 2}elif isinstance(m, nn.Linear):",
+            f"{INDENT * 3}nn.init.zeros_(m.bias)",
+        ]
+
+    def load_weights(self) -> list[str]:
+        i2, i3 = INDENT * 2, INDENT * 3
+        return [
+            "def load_weights(path: str) -> dict[str, Tensor]:",
+            f'{INDENT}"""The model weights in a dnetc checkpoint (its checksum verified) or in a file',
+            f'{INDENT}holding a plain state_dict. Nothing in the file is executed (weights_only)."""',
+            f'{INDENT}state = torch.load(path, map_location="cpu", weights_only=True)',
+            f'{INDENT}if isinstance(state, dict) and state.get("format", "").startswith("dnetc"):',
+            f'{i2}payload = bytes(state["payload"].untyped_storage())',
+            f'{i2}if hashlib.sha256(payload).hexdigest() != state["sha256"]:',
+            f'{i3}raise ValueError(f"{{path}} is corrupt: its checksum does not match")',
+            f"{i2}buffer = io.BytesIO(payload)",
+            f'{i2}state = torch.load(buffer, map_location="cpu", weights_only=True)["model"]',
+            f"{INDENT}return state",
+        ]
+
+    def write(self) -> str:
+        sections = [self.dense_layer(), self.dense_block(), self.transition()]
+        if any(self.g.nodes[n]["op"] == "global_pool" for n in self.g):
+            sections.append(self.global_pool())
+        sections += [self.network(), self.initialise(), self.load_weights()]
+        lines = self.header() + self.imports()
+        for s in sections:
+            lines += ["", "", *s]
+        return "\n".join(lines) + "\n"
+
+
+def _wrap_text(lines: list[str]) -> list[str]:
+    """Docstring lines longer than the line width, folded at spaces."""
+    out = []
+    for line in lines:
+        while len(line) > WIDTH and " " in line[:WIDTH]:
+            cut = line[:WIDTH].rfind(" ")
+            out.append(line[:cut])
+            line = line[cut + 1 :]
+        out.append(line)
+    return out
+
+
+def python_source(
+    g: nx.DiGraph, memory_efficient: bool = False, overrides: list[str] | None = None, tool: str = "dnetc"
+) -> str:
+    """Standalone PyTorch source of a graph: `DenseNet()` there equals `emit(g)` here, key for key.
+
+    `memory_efficient` sets the default of the network's flag that checkpoints each dense layer's
+    first stage (concat-BN-ReLU-conv); `overrides` are recorded in the header.
+    """
+    return _Writer(g, memory_efficient, list(overrides or []), tool).write()

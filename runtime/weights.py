@@ -1,0 +1,164 @@
+"""Weights from elsewhere: dnetc checkpoints, plain state_dicts and torchvision's DenseNet files.
+
+Every file is read with weights_only=True. Keys are brought to the compiled module's names:
+the `module.` of DDP and `_orig_mod.` of torch.compile are dropped, and torchvision's old key
+style (`denselayer1.norm.1.weight`, in its first released files) becomes `denselayer1.norm1.weight`.
+A file that does not fit is refused whole, with a table of what differs: a model is never left
+half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported when weights are read: `dnetc SPEC` validates without it
+    from torch import Tensor, nn
+
+_OLD_STYLE = re.compile(
+    r"(denselayer\d+\.(?:norm|relu|conv))\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$"
+)
+_PREFIXES = ("module.", "_orig_mod.")
+MAX_ROWS = 24
+
+
+class WeightsError(Exception):
+    """A weights file that cannot be read, or does not fit the network."""
+
+
+def read(path: str | Path) -> dict[str, Tensor]:
+    """The state_dict in a file: a dnetc checkpoint (checksum verified), a plain state_dict, or a
+    dict holding one under `state_dict` or `model`; keys in the compiled module's style."""
+    import torch
+
+    from . import checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"no weights file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(_unreadable(path, e)) from None
+    if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
+        try:
+            state = checkpoint.load(path)["model"]
+        except checkpoint.CheckpointError as e:
+            raise WeightsError(str(e)) from None
+    elif isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} holds no state_dict (a mapping of names to tensors)")
+    return translate(state)
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """torch's refusal in one line: code in the pickle, or not a torch file at all."""
+    code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if code:
+        return f"{path} cannot be loaded safely: its pickle would call {code.group(1)} (refused, nothing was run)"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{path} is not a torch weights file (truncated, or another format): {first[:200]}"
+
+
+def translate(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keys as the compiled module names them."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        for prefix in _PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[_OLD_STYLE.sub(r"\1\2.\3", key)] = value
+    return out
+
+
+def sha256(path: str | Path) -> str:
+    """The file's SHA-256, recorded in a run that starts from it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def classifier_modules(g: Any) -> list[str]:
+    """The modules that `--reset-classifier` starts afresh: the graph's linear layers."""
+    return [g.nodes[n]["module"] for n in g if g.nodes[n]["op"] == "linear"]
+
+
+def _shape(t: Tensor | None) -> str:
+    if t is None:
+        return "-"
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def load_into(
+    model: nn.Module,
+    source: str | Path | Mapping[str, Tensor],
+    reset: Iterable[str] = (),
+    name: str = "the network",
+) -> int:
+    """Load weights into `model`, every key matched, except the modules in `reset`, which keep the
+    model's own (initial) values. Returns the number of tensors loaded; raises WeightsError with a
+    table of missing, unexpected and differently shaped keys when the file does not fit."""
+    where = str(source) if isinstance(source, str | Path) else "the state_dict"
+    state = read(source) if isinstance(source, str | Path) else translate(source)
+    reset = tuple(reset)
+
+    def kept(key: str) -> bool:
+        return not any(key == r or key.startswith(r + ".") for r in reset)
+
+    own = {k: v for k, v in model.state_dict().items() if kept(k)}
+    given = {k: v for k, v in state.items() if kept(k)}
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    shapes = [k for k in own if k in given and own[k].shape != given[k].shape]
+    if missing or unexpected or shapes:
+        raise WeightsError(_mismatch(where, name, own, given, missing, unexpected, shapes, reset))
+    model.load_state_dict(given, strict=False)
+    return len(given)
+
+
+def _mismatch(
+    where: str,
+    name: str,
+    own: dict[str, Tensor],
+    given: dict[str, Tensor],
+    missing: list[str],
+    unexpected: list[str],
+    shapes: list[str],
+    reset: tuple[str, ...],
+) -> str:
+    """One row a module (its tensors together), in the network's order, then what the file has besides."""
+    counts = [
+        f"{len(x)} {what}"
+        for x, what in ((shapes, "of another shape"), (missing, "missing from the file"), (unexpected, "not in it"))
+        if x
+    ]
+    modules: dict[str, list[str]] = {}
+    wrong = set(shapes) | set(missing)
+    for key in [*(k for k in own if k in wrong), *unexpected]:
+        modules.setdefault(key.rpartition(".")[0] or key, []).append(key)
+    rows = []
+    for module, keys in modules.items():
+        key = next((k for k in keys if k.endswith(".weight")), keys[0])
+        rows.append((module, str(len(keys)), _shape(given.get(key)), _shape(own.get(key))))
+    head = ("module", "tensors", "in the file", f"in {name}")
+    shown = [head, *rows[:MAX_ROWS]]
+    widths = [max(len(r[i]) for r in shown) for i in range(len(head))]
+    lines = [f"{where} does not fit {name}: " + ", ".join(counts) + " (shapes of each module's weight)"]
+    for row in shown:
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if len(rows) > MAX_ROWS:
+        lines.append(f"  ... and {len(rows) - MAX_ROWS:,} more modules")
+    if {m.split(".")[0] for m in modules} == {"classifier"} and not reset:
+        lines.append("  = help: --reset-classifier starts the classifier afresh, for another class count")
+    elif missing or shapes:
+        lines.append("  = help: check the spec and its --set values: the file holds another network")
+    return "\n".join(lines)
