@@ -7,7 +7,7 @@ from collections.abc import Callable
 import networkx as nx
 from torch import nn
 
-from .modules import DenseBlock, DenseLayer, DenseNet, GlobalAvgPool, Transition, initialise
+from .modules import BlurPool, DenseBlock, DenseLayer, DenseNet, GlobalAvgPool, Transition, initialise
 
 
 def _nd(name: str, rank: int) -> type[nn.Module]:
@@ -27,13 +27,31 @@ def _pool(kind: str) -> Callable[[dict, int, int], nn.Module]:
     return make
 
 
+def _norm(node: dict, c_in: int, rank: int) -> nn.Module:
+    kind = node["args"]["kind"]
+    if kind == "batch":
+        return _nd("BatchNorm", rank)(c_in)
+    if kind == "instance":  # a scale and shift per channel, no running statistics
+        return _nd("InstanceNorm", rank)(c_in, affine=True)
+    groups = 1 if kind == "layer" else int(kind[len("group(") : -1])  # layer: one group of all channels
+    return nn.GroupNorm(groups, c_in)
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "prelu": lambda: nn.PReLU(),
+    "silu": lambda: nn.SiLU(),
+    "gelu": lambda: nn.GELU(),
+}
+
 FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
     "conv": _conv,
-    "norm": lambda node, c_in, rank: _nd("BatchNorm", rank)(c_in),
-    "relu": lambda node, c_in, rank: nn.ReLU(inplace=True),
+    "norm": _norm,
+    "act": lambda node, c_in, rank: ACTIVATIONS[node["args"]["kind"]](),
     "dropout": lambda node, c_in, rank: nn.Dropout(node["args"]["p"]),
     "maxpool": _pool("MaxPool"),
     "avgpool": _pool("AvgPool"),
+    "blurpool": lambda node, c_in, rank: BlurPool(c_in, node["args"]["kernel"][0], node["args"]["stride"][0], rank),
     "global_pool": lambda node, c_in, rank: GlobalAvgPool(),
     "linear": lambda node, c_in, rank: nn.Linear(c_in, node["shape"][0]),
 }

@@ -29,9 +29,13 @@ def _elements(g: nx.DiGraph, n: str, batch: int) -> int:
     return batch * math.prod(g.nodes[n]["shape"])
 
 
+def _in_place(node: dict) -> bool:
+    return node["op"] == "act" and node["args"]["kind"] == "relu"
+
+
 def _storage(g: nx.DiGraph, n: str) -> str:
     """In-place ReLU writes into its input: both name one storage."""
-    while g.nodes[n]["op"] == "relu":
+    while _in_place(g.nodes[n]):
         (n,) = g.predecessors(n)
     return n
 
@@ -47,10 +51,21 @@ def _saves(g: nx.DiGraph, n: str, batch: int, size: int, device: str) -> tuple[l
     ins = _inputs(g, n)
     if op in ("conv", "avgpool", "linear"):
         return [_storage(g, ins[0])], 0
-    if op == "norm":  # the input, and the batch mean and inverse std (kept in float32 at least)
-        return [_storage(g, ins[0])], 2 * node["shape"][0] * max(size, 4)
-    if op == "relu":
-        return [_storage(g, n)], 0
+    if op == "norm":  # the input, and the mean and inverse std (kept in float32 at least)
+        kind = node["args"]["kind"]
+        if kind == "batch":  # per channel
+            count = node["shape"][0]
+        elif kind == "instance":  # per sample and channel
+            count = batch * node["shape"][0]
+        else:  # per sample and group
+            count = batch * (1 if kind == "layer" else int(kind[len("group(") : -1]))
+        return [_storage(g, ins[0])], 2 * count * max(size, 4)
+    if op == "act":  # ReLU keeps its output (in place: its input's storage), the others their input
+        return [_storage(g, n if _in_place(node) else ins[0])], 0
+    if op == "blurpool":  # the reflect-padded input, a tensor of its own
+        shape = g.nodes[ins[0]]["shape"]
+        pad = node["args"]["padding"]
+        return [], batch * shape[0] * math.prod(s + 2 * p for s, p in zip(shape[1:], pad, strict=True)) * size
     if op == "maxpool":  # the input and int64 indices of the maxima
         return [_storage(g, ins[0])], 8 * _elements(g, n, batch)
     if op == "dropout":  # CPU keeps the scaled noise tensor, CUDA a boolean mask

@@ -3,11 +3,11 @@
 Every dense connection is an edge: layer j of a block has j inputs (the block's input and each
 earlier layer's new features), concatenated in order (edge attribute `index`). Node attributes:
 
-    op       conv | norm | relu | dropout | maxpool | avgpool | global_pool | linear | concat | input
+    op       conv | norm | act | dropout | maxpool | avgpool | global_pool | linear | concat | input
     module   the dotted name of the torch module that carries it out (None for input and concat)
     unit     stem | denseblockN | transitionN | head (the part of the network it belongs to)
     layer    denselayerN inside a dense block, else None
-    args     what the op needs: channels, kernel, stride, padding, p, ...
+    args     what the op needs: channels, kernel, stride, padding, p, kind (of norm and act), ...
     span     where the spec wrote it, for diagnostics
 
 `passes.infer` then adds `shape` (channels, *spatial), `params` and `macs` to every node.
@@ -24,10 +24,18 @@ from .passes import infer
 ROOT = "features"
 
 
+def _blur(kernel: int, stride: int, rank: int) -> dict:
+    """A blur pool's window: reflect padding as timm's BlurPool2d takes it."""
+    pad = ((stride - 1) + (kernel - 1)) // 2
+    return {"kernel": (kernel,) * rank, "stride": (stride,) * rank, "padding": (pad,) * rank}
+
+
 class _Builder:
     def __init__(self, network: spec.Network) -> None:
         self.g = nx.DiGraph(name=network.name, network=network, units={})
         self.rank = len(network.input.size)
+        self.norm = {"kind": network.normalization}
+        self.act = {"kind": network.activation}
         self.g.add_node("input", op="input", module=None, unit="input", layer=None, args={}, span=network.input.span)
         self.last = "input"
 
@@ -57,8 +65,10 @@ class _Builder:
             "conv": "conv",
             "norm": "norm",
             "relu": "relu",
+            "act": "relu",
             "maxpool": "pool",
             "avgpool": "pool",
+            "blurpool": "pool",
             "dropout": "drop",
         }
         seen: dict[str, int] = {}
@@ -66,7 +76,8 @@ class _Builder:
             base = names[op.kind]
             seen[base] = seen.get(base, 0) + 1
             name = f"{base}0" if seen[base] == 1 else f"{base}0_{seen[base]}"
-            self.chain(f"{ROOT}.{name}", op.kind, "stem", op.span, **self.args(op))
+            kind = "act" if op.kind in ("relu", "act") else op.kind
+            self.chain(f"{ROOT}.{name}", kind, "stem", op.span, **self.args(op))
 
     def args(self, op: spec.Node) -> dict:
         if isinstance(op, spec.Conv):
@@ -79,6 +90,14 @@ class _Builder:
             return {"kernel": k, "stride": stride, "padding": self.dims(op.padding, op, "padding")}
         if isinstance(op, spec.Dropout):
             return {"p": op.p}
+        if isinstance(op, spec.BlurPool):
+            return _blur(op.kernel, op.stride, self.rank)
+        if isinstance(op, spec.Norm):
+            return dict(self.norm)
+        if isinstance(op, spec.ReLU):
+            return {"kind": "relu"}
+        if isinstance(op, spec.Act):
+            return dict(self.act)
         return {}
 
     def dims(self, value: int | tuple[int, ...], op: spec.Node, what: str) -> tuple[int, ...]:
@@ -115,8 +134,8 @@ class _Builder:
             )
             convs.append((str(len(convs) + 1), {"channels": part.growth, "kernel": (3,) * self.rank}))
             for n, conv in convs:
-                self.chain(f"{p}.norm{n}", "norm", unit, part.span, layer)
-                self.chain(f"{p}.relu{n}", "relu", unit, part.span, layer)
+                self.chain(f"{p}.norm{n}", "norm", unit, part.span, layer, **self.norm)
+                self.chain(f"{p}.relu{n}", "act", unit, part.span, layer, **self.act)
                 k = conv["kernel"]
                 self.chain(
                     f"{p}.conv{n}",
@@ -135,11 +154,16 @@ class _Builder:
 
     def transition(self, part: spec.Transition, t: int) -> None:
         unit = f"transition{t}"
-        self.g.graph["units"][unit] = {"kind": "transition", "compression": part.compression, "dropout": part.dropout}
+        self.g.graph["units"][unit] = {
+            "kind": "transition",
+            "compression": part.compression,
+            "dropout": part.dropout,
+            "blur": part.blur,
+        }
         p = f"{ROOT}.{unit}"
         one, two = (1,) * self.rank, (2,) * self.rank
-        self.chain(f"{p}.norm", "norm", unit, part.span)
-        self.chain(f"{p}.relu", "relu", unit, part.span)
+        self.chain(f"{p}.norm", "norm", unit, part.span, **self.norm)
+        self.chain(f"{p}.relu", "act", unit, part.span, **self.act)
         self.chain(
             f"{p}.conv",
             "conv",
@@ -152,14 +176,17 @@ class _Builder:
         )
         if part.dropout > 0:
             self.chain(f"{p}.drop", "dropout", unit, part.span, p=part.dropout)
-        self.chain(f"{p}.pool", "avgpool", unit, part.span, kernel=two, stride=two, padding=(0,) * self.rank)
+        if part.blur:
+            self.chain(f"{p}.pool", "blurpool", unit, part.span, **_blur(3, 2, self.rank))
+        else:
+            self.chain(f"{p}.pool", "avgpool", unit, part.span, kernel=two, stride=two, padding=(0,) * self.rank)
 
     def head(self, part: spec.Head, blocks: int) -> None:
         n = blocks + 1
         self.g.graph["units"]["head"] = {"kind": "head"}
         for op in part.ops:
-            self.chain(f"{ROOT}.norm{n}", "norm", "head", op.span)
-            self.chain(f"{ROOT}.relu{n}", "relu", "head", op.span)
+            self.chain(f"{ROOT}.norm{n}", "norm", "head", op.span, **self.norm)
+            self.chain(f"{ROOT}.relu{n}", "act", "head", op.span, **self.act)
             self.chain(f"{ROOT}.pool{n}", "global_pool", "head", op.span)
             self.chain("classifier", "linear", "head", op.span, channels=op.classes)
 

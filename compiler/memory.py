@@ -20,15 +20,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from .modules import DenseBlock, DenseLayer, Stage
 
 
-def _recomputed_batch_norm(norm: nn.Module, x: Tensor) -> Tensor:
-    """Batch norm as the forward pass computed it, leaving the running statistics unchanged (momentum 0)."""
+def _recomputed_norm(norm: nn.Module, x: Tensor) -> Tensor:
+    """A normalisation as the forward pass computed it, leaving batch norm's running statistics
+    unchanged (momentum 0); the others keep no statistics."""
+    if not isinstance(norm, _BatchNorm):
+        return norm(x)
     training = norm.training or norm.running_mean is None
     return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, training, 0.0, norm.eps)
+
+
+def _fast(stage: Stage) -> bool:
+    """Batch norm and ReLU: the stage whose backward pass is written out in ATen ops below."""
+    return isinstance(stage.norm, _BatchNorm) and isinstance(stage.relu, nn.ReLU)
 
 
 def _needs_backward(x: Tensor, module: nn.Module) -> bool:
@@ -55,7 +64,7 @@ class CheckpointDenseBlock(DenseBlock):
             x = torch.cat(inputs, 1)
             # the first call is the forward pass, where the module updates its running statistics; the
             # recomputation blends them with weight 0, keeping them as they are and the saved tensors alike
-            x = first.norm(x) if fresh[0] else _recomputed_batch_norm(first.norm, x)
+            x = first.norm(x) if fresh[0] else _recomputed_norm(first.norm, x)
             fresh[0] = False
             return first.conv(first.relu(x))
 
@@ -103,8 +112,9 @@ class SharedDenseBlock(DenseBlock):
             kept, states, stats = [], [], []
             stages = layer.stages()
             for s, stage in enumerate(stages):
-                if record is None:
+                if record is None or not _fast(stage):
                     h = stage.norm(h)
+                    stats.append((None, None))
                 else:  # keep the batch statistics, so that backward need not compute them again
                     h, mean, invstd = _batch_norm(stage.norm, h)
                     stats.append((mean, invstd))
@@ -185,7 +195,10 @@ class _SharedBlock(torch.autograd.Function):
                     source = kept[li][s - 1]
                 if ctx.rng[li][s] is not None:
                     g = g * _replayed_mask(stages[s].dropout, g, ctx.rng[li][s])
-                g = _stage_backward(stages[s], source, g, ctx.stats[li][s], grads, compute_dtype)
+                if _fast(stages[s]):
+                    g = _stage_backward(stages[s], source, g, ctx.stats[li][s], grads, compute_dtype)
+                else:
+                    g = _stage_backward_any(stages[s], source, g, grads, compute_dtype)
             shared_grad[:, :position] += g
         grad_x = shared_grad[:, : ctx.input_channels].to(ctx.input_dtype)
         return (None, grad_x, *[grads.get(p) for p in _parameters(block)])
@@ -193,7 +206,7 @@ class _SharedBlock(torch.autograd.Function):
 
 def _parameters(block: DenseBlock) -> list[Tensor]:
     """The parameters the shared block's backward pass returns gradients for, in a fixed order."""
-    return [p for layer in block.values() for s in layer.stages() for p in (s.norm.weight, s.norm.bias, s.conv.weight)]
+    return [p for layer in block.values() for s in layer.stages() for m in s[:3] for p in m.parameters()]
 
 
 def _batch_norm(norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -236,6 +249,20 @@ def _stage_backward(
         t = torch.addcmul((bias - mean * scale).view(shape), x, scale.view(shape)).to(x.dtype)
     t = t.relu_()
     dtype = autocast_dtype if autocast_dtype is not None else t.dtype
+    grad_t, grad_w = _conv_backward(conv, t, grad_out, dtype)
+    grad_t = torch.ops.aten.threshold_backward(grad_t.to(t.dtype), t, 0)
+    del t
+    grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+        grad_t, x, weight, *running, mean, invstd, norm.training, norm.eps, [True, True, True]
+    )
+    grads[conv.weight] = grad_w.to(conv.weight.dtype)
+    grads[norm.weight] = grad_weight
+    grads[norm.bias] = grad_bias
+    return grad_x
+
+
+def _conv_backward(conv: nn.Module, t: Tensor, grad_out: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The gradients of a bias-free convolution for its input and weight, from its input `t`."""
     grad_t, grad_w, _ = torch.ops.aten.convolution_backward(
         grad_out.to(dtype),
         t.to(dtype),
@@ -249,14 +276,25 @@ def _stage_backward(
         conv.groups,
         [True, True, False],
     )
-    grad_t = torch.ops.aten.threshold_backward(grad_t.to(t.dtype), t, 0)
-    del t
-    grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-        grad_t, x, weight, *running, mean, invstd, norm.training, norm.eps, [True, True, True]
-    )
+    return grad_t, grad_w
+
+
+def _stage_backward_any(
+    stage: Stage, source: Tensor, grad_out: Tensor, grads: dict[Tensor, Tensor], autocast_dtype: torch.dtype | None
+) -> Tensor:
+    """Gradients through conv(act(norm(source))) for any normalisation and activation: the norm and
+    activation are recomputed in a small autograd graph that is used once and freed at once."""
+    norm, act, conv = stage.norm, stage.relu, stage.conv
+    params = [p for m in (norm, act) for p in m.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        x = source.detach().requires_grad_()
+        t = act(_recomputed_norm(norm, x))
+        dtype = autocast_dtype if autocast_dtype is not None else t.dtype
+        grad_t, grad_w = _conv_backward(conv, t.detach(), grad_out, dtype)
+        grad_x, *grad_params = torch.autograd.grad(t, [x, *params], grad_t.to(t.dtype))
     grads[conv.weight] = grad_w.to(conv.weight.dtype)
-    grads[norm.weight] = grad_weight
-    grads[norm.bias] = grad_bias
+    for p, gp in zip(params, grad_params, strict=True):
+        grads[p] = gp
     return grad_x
 
 

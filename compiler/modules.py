@@ -5,9 +5,11 @@ Dimension-agnostic: the emitter picks Conv1d/2d/3d and friends; these only wire 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -54,6 +56,27 @@ class Transition(nn.Sequential):
     """BN-ReLU-Conv(1x1, floor(θ·C))-AvgPool(2): compresses and downsamples between blocks."""
 
 
+class BlurPool(nn.Module):
+    """Anti-aliased downsampling (Zhang 2019): reflect padding, a fixed binomial blur of each channel,
+    subsampling; as timm's BlurPool2d, in any number of dimensions. The filter is not a parameter."""
+
+    def __init__(self, channels: int, kernel: int = 3, stride: int = 2, rank: int = 2) -> None:
+        super().__init__()
+        self.channels, self.stride, self.rank = channels, stride, rank
+        self.padding = ((stride - 1) + (kernel - 1)) // 2
+        taps = torch.tensor([math.comb(kernel - 1, k) for k in range(kernel)], dtype=torch.float32)
+        filt = taps
+        for _ in range(rank - 1):
+            filt = filt.unsqueeze(-1) * taps
+        filt = (filt / filt.sum()).expand(channels, 1, *filt.shape).contiguous()
+        self.register_buffer("filt", filt, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, [self.padding] * (2 * self.rank), mode="reflect")
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.rank - 1]
+        return conv(x, self.filt.to(x.dtype), stride=self.stride, groups=self.channels)
+
+
 class GlobalAvgPool(nn.Module):
     """Average over every spatial dimension, whatever their number: (N, C, *S) -> (N, C)."""
 
@@ -74,12 +97,23 @@ class DenseNet(nn.Module):
         return self.classifier(x) if self.classifier is not None else x
 
 
+NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+
+
 def initialise(module: nn.Module) -> None:
     """The paper's initialisation: conv ~ N(0, sqrt(2 / (k·k·out))), BN weight 1 bias 0, Linear bias 0."""
     for m in module.modules():
         if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
+        elif isinstance(m, NORMS) and m.weight is not None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):

@@ -52,8 +52,40 @@ def _same(node: dict, ins: list[Shape]) -> Shape:
     return shape
 
 
+def _norm(node: dict, ins: list[Shape]) -> Shape:
+    (shape,) = ins
+    kind = node["args"]["kind"]
+    if kind.startswith("group("):
+        groups = int(kind[6:-1])
+        if shape[0] % groups:
+            raise DnetError(
+                f"{kind} normalization needs channels in groups of equal size, but this norm has {shape[0]} channels",
+                node["span"],
+                help=f"choose a number of groups that divides {shape[0]} (and every other norm's channels)",
+            )
+    if kind == "instance" and math.prod(shape[1:]) == 1:
+        raise DnetError(
+            f"instance normalization needs more than one position, but the feature maps here are {_show(shape[1:])}",
+            node["span"],
+            help="use a larger input, fewer downsampling steps, or another normalization",
+        )
+    return shape
+
+
 def _pool(node: dict, ins: list[Shape]) -> Shape:
     (shape,) = ins
+    return (shape[0], *_window(node, shape))
+
+
+def _blurpool(node: dict, ins: list[Shape]) -> Shape:
+    (shape,) = ins
+    pad = node["args"]["padding"][0]
+    if any(s <= pad for s in shape[1:]):
+        raise DnetError(
+            f"a blur pool pads by reflection, which needs feature maps larger than {pad}, not {_show(shape[1:])}",
+            node["span"],
+            help="use a larger input, or fewer downsampling steps",
+        )
     return (shape[0], *_window(node, shape))
 
 
@@ -77,11 +109,12 @@ def _concat(node: dict, ins: list[Shape]) -> Shape:
 
 SHAPE_RULES: dict[str, Callable[[dict, list[Shape]], Shape]] = {
     "conv": _conv,
-    "norm": _same,
-    "relu": _same,
+    "norm": _norm,
+    "act": _same,
     "dropout": _same,
     "maxpool": _pool,
     "avgpool": _pool,
+    "blurpool": _blurpool,
     "global_pool": _global_pool,
     "linear": _linear,
     "concat": _concat,
@@ -94,8 +127,10 @@ def count(node: dict, ins: list[Shape], out: Shape) -> tuple[int, int]:
     if op == "conv":
         params = ins[0][0] * out[0] * math.prod(node["args"]["kernel"])
         return params, params * math.prod(out[1:])
-    if op == "norm":
+    if op == "norm":  # every normalisation learns a scale and a shift per channel
         return 2 * out[0], 2 * out[0]
+    if op == "act" and node["args"]["kind"] == "prelu":  # one learned slope
+        return 1, 1
     if op == "linear":
         params = ins[0][0] * out[0] + out[0]
         return params, params

@@ -71,8 +71,13 @@ class _Writer:
         blocks = [u for u in g.graph["units"].values() if u["kind"] == "dense"]
         self.bottleneck = {bool(u["bottleneck"]) for u in blocks}
         self.dropout = any(u["dropout"] > 0 for u in blocks)
-        self.transition_dropout = any(u["dropout"] > 0 for u in g.graph["units"].values() if u["kind"] == "transition")
+        transitions = [u for u in g.graph["units"].values() if u["kind"] == "transition"]
+        self.transition_dropout = any(u["dropout"] > 0 for u in transitions)
+        self.blur = any(u["blur"] for u in transitions)
+        self.blur_pool_used = any(g.nodes[n]["op"] == "blurpool" for n in g)
         self.head = [n for n in nx.topological_sort(g) if g.nodes[n]["op"] == "linear"]
+        self.normalization = g.graph["network"].normalization
+        self.activation = g.graph["network"].activation
 
     def nn(self, name: str) -> str:
         return f"nn.{name}{self.d}d"
@@ -107,10 +112,11 @@ class _Writer:
         return [*_wrap_text(lines), ""]
 
     def imports(self) -> list[str]:
-        lines = ["from __future__ import annotations", "", "import hashlib", "import io", ""]
+        lines = ["from __future__ import annotations", "", "import hashlib", "import io"]
+        lines += ["import math", ""] if self.blur_pool_used else [""]
         lines += [
             "import torch",
-            "import torch.nn.functional as F",
+            *(["import torch.nn.functional as F"] if self.normalization == "batch" or self.blur_pool_used else []),
             "from torch import Tensor, nn",
             "from torch.utils.checkpoint import checkpoint",
         ]
@@ -166,14 +172,31 @@ class _Writer:
 
     def stage(self, indent: str, n: str, c_in: str, c_out: str, window: list[str], drop: str | None) -> list[str]:
         """BN-ReLU-Conv(-Dropout) named with suffix `n`: `norm1`, `relu1`, `conv1`, `drop1`."""
+        norm, norm_args = self.norm(c_in)
+        act, act_args = self.act()
         out = [
-            f"{indent}self.norm{n} = {self.nn('BatchNorm')}({c_in})",
-            f"{indent}self.relu{n} = nn.ReLU(inplace=True)",
+            f"{indent}self.norm{n} = {norm}({', '.join(norm_args)})",
+            f"{indent}self.relu{n} = {act}({', '.join(act_args)})",
         ]
         out += _call(indent, f"self.conv{n} = {self.nn('Conv')}(", [c_in, c_out, *window, "bias=False"])
         if drop is not None:
             out.append(f"{indent}self.drop{n} = {drop}")
         return out
+
+    def norm(self, c_in: str, kind: str | None = None) -> tuple[str, list[str]]:
+        """The constructor of the network's normalisation (as compiler.emit builds it)."""
+        kind = kind or self.normalization
+        if kind == "batch":
+            return self.nn("BatchNorm"), [c_in]
+        if kind == "instance":
+            return self.nn("InstanceNorm"), [c_in, "affine=True"]
+        return "nn.GroupNorm", ["1" if kind == "layer" else kind[len("group(") : -1], c_in]
+
+    def act(self, kind: str | None = None) -> tuple[str, list[str]]:
+        kind = kind or self.activation
+        return {"relu": ("nn.ReLU", ["inplace=True"]), "prelu": ("nn.PReLU", []), "silu": ("nn.SiLU", [])}.get(
+            kind, ("nn.GELU", [])
+        )
 
     def layer_forward(self, both: bool, has_bottleneck: bool) -> list[str]:
         i2, i3 = INDENT * 2, INDENT * 3
@@ -197,9 +220,17 @@ class _Writer:
         return out
 
     def first_stage(self) -> list[str]:
-        i2, i3, i4 = INDENT * 2, INDENT * 3, INDENT * 4
+        i2 = INDENT * 2
         return [
             f"{INDENT}def first_stage_recomputed(self, features: list[Tensor]) -> Tensor:",
+            *(self.recompute_batch_norm() if self.normalization == "batch" else self.recompute_any()),
+            "",
+            f"{i2}return checkpoint(stage, *features, use_reentrant=False)",
+        ]
+
+    def recompute_batch_norm(self) -> list[str]:
+        i2, i3, i4 = INDENT * 2, INDENT * 3, INDENT * 4
+        return [
             f'{i2}"""Concat-BN-ReLU-Conv, recomputed in the backward pass instead of stored, so',
             f"{i2}that memory grows linearly with depth (Pleiss et al. 2017). The recomputation",
             f'{i2}uses the same batch statistics and leaves the running statistics alone."""',
@@ -217,8 +248,17 @@ class _Writer:
             f"{i4}x = F.batch_norm(x, mean, var, n.weight, n.bias, batch, 0.0, n.eps)",
             f"{i3}first = False",
             f"{i3}return self.conv1(self.relu1(x))",
+        ]
+
+    def recompute_any(self) -> list[str]:
+        """Normalisations without running statistics recompute as they computed."""
+        i2, i3 = INDENT * 2, INDENT * 3
+        return [
+            f'{i2}"""Concat-norm-activation-conv, recomputed in the backward pass instead of',
+            f'{i2}stored, so that memory grows linearly with depth (Pleiss et al. 2017)."""',
             "",
-            f"{i2}return checkpoint(stage, *features, use_reentrant=False)",
+            f"{i2}def stage(*inputs: Tensor) -> Tensor:",
+            f"{i3}return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))",
         ]
 
     def dense_block(self) -> list[str]:
@@ -258,6 +298,8 @@ class _Writer:
         args = ["self", "in_channels: int", "out_channels: int"]
         if self.transition_dropout:
             args.append("dropout: float = 0.0")
+        if self.blur:
+            args.append("blur: bool = False")
         out = [
             "class Transition(nn.Sequential):",
             f'{INDENT}"""BN-ReLU-Conv(1x1) to `out_channels` (compression), then 2x average pooling."""',
@@ -269,8 +311,41 @@ class _Writer:
         if self.transition_dropout:
             out.append(f"{i2}if dropout:")
             out.append(f"{i2}{INDENT}self.drop = nn.Dropout(dropout)")
-        out.append(f"{i2}self.pool = {self.nn('AvgPool')}(kernel_size=2, stride=2)")
+        average = f"{self.nn('AvgPool')}(kernel_size=2, stride=2)"
+        if self.blur:
+            out += [f"{i2}if blur:", f"{i2}{INDENT}self.pool = BlurPool(out_channels)", f"{i2}else:"]
+            out.append(f"{i2}{INDENT}self.pool = {average}")
+        else:
+            out.append(f"{i2}self.pool = {average}")
         return out
+
+    def blur_pool(self) -> list[str]:
+        i2 = INDENT * 2
+        taps = (
+            "taps",
+            "taps[:, None] * taps[None, :]",
+            "taps[:, None, None] * taps[None, :, None] * taps[None, None, :]",
+        )
+        return [
+            "class BlurPool(nn.Module):",
+            f'{INDENT}"""Anti-aliased downsampling (Zhang 2019): reflect padding, a fixed binomial blur',
+            f'{INDENT}of each channel, then subsampling (as timm\'s BlurPool2d)."""',
+            "",
+            f"{INDENT}def __init__(self, channels: int, kernel: int = 3, stride: int = 2) -> None:",
+            f"{i2}super().__init__()",
+            f"{i2}self.channels, self.stride = channels, stride",
+            f"{i2}self.padding = ((stride - 1) + (kernel - 1)) // 2",
+            f"{i2}binomial = [math.comb(kernel - 1, k) for k in range(kernel)]",
+            f"{i2}taps = torch.tensor(binomial, dtype=torch.float32)",
+            f"{i2}filt = {taps[self.d - 1]}",
+            f"{i2}filt = (filt / filt.sum()).expand(channels, 1, *filt.shape).contiguous()",
+            f'{i2}self.register_buffer("filt", filt, persistent=False)',
+            "",
+            f"{INDENT}def forward(self, x: Tensor) -> Tensor:",
+            f'{i2}x = F.pad(x, [self.padding] * {2 * self.d}, mode="reflect")',
+            f"{i2}filt = self.filt.to(x.dtype)",
+            f"{i2}return F.conv{self.d}d(x, filt, stride=self.stride, groups=self.channels)",
+        ]
 
     def global_pool(self) -> list[str]:
         return [
@@ -289,15 +364,22 @@ class _Writer:
             args = [str(c_in), str(node["shape"][0]), *_window_args(a, conv=True), "bias=False"]
             return self.nn("Conv"), args
         if op == "norm":
-            return self.nn("BatchNorm"), [str(c_in)]
-        if op == "relu":
-            return "nn.ReLU", ["inplace=True"]
+            return self.norm(str(c_in), a["kind"])
+        if op == "act":
+            return self.act(a["kind"])
         if op == "dropout":
             return "nn.Dropout", [str(a["p"])]
         if op in ("maxpool", "avgpool"):
             return self.nn("MaxPool" if op == "maxpool" else "AvgPool"), _window_args(a, conv=False)
         if op == "global_pool":
             return "GlobalAvgPool", []
+        if op == "blurpool":
+            args = [str(c_in)]
+            if a["kernel"][0] != 3:
+                args.append(f"kernel={a['kernel'][0]}")
+            if a["stride"][0] != 2:
+                args.append(f"stride={a['stride'][0]}")
+            return "BlurPool", args
         raise AssertionError(f"no source for op {op}")
 
     def network(self) -> list[str]:
@@ -350,6 +432,8 @@ class _Writer:
                 args = [str(self.channels_in(n)), str(g.nodes[conv]["shape"][0])]
                 if u["dropout"] > 0:
                     args.append(f"dropout={u['dropout']}")
+                if u["blur"]:
+                    args.append("blur=True")
                 out += _call(i2, f"features.{unit} = Transition(", args)
             else:
                 make, args = self.module(n)
@@ -370,12 +454,12 @@ class _Writer:
         d = self.d
         return [
             "def initialise(model: nn.Module) -> None:",
-            f'{INDENT}"""The paper\'s initialisation: He-normal convolutions (fan out), batch norm',
-            f'{INDENT}weight 1 and bias 0, linear bias 0."""',
+            f'{INDENT}"""The paper\'s initialisation: He-normal convolutions (fan out), norm weight',
+            f'{INDENT}1 and bias 0, linear bias 0."""',
             f"{INDENT}for m in model.modules():",
             f"{INDENT * 2}if isinstance(m, nn.Conv{d}d):",
             f'{INDENT * 3}nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")',
-            f"{INDENT * 2}elif isinstance(m, nn.BatchNorm{d}d):",
+            f"{INDENT * 2}elif isinstance(m, {self.norm('')[0]}):",
             f"{INDENT * 3}nn.init.ones_(m.weight)",
             f"{INDENT * 3}nn.init.zeros_(m.bias)",
             f"{INDENT * 2}elif isinstance(m, nn.Linear):",
@@ -402,6 +486,8 @@ class _Writer:
         sections = [self.dense_layer(), self.dense_block(), self.transition()]
         if any(self.g.nodes[n]["op"] == "global_pool" for n in self.g):
             sections.append(self.global_pool())
+        if self.blur_pool_used:
+            sections.append(self.blur_pool())
         sections += [self.network(), self.initialise(), self.load_weights()]
         lines = self.header() + self.imports()
         for s in sections:

@@ -28,9 +28,12 @@ def _op_text(g: nx.DiGraph, n: str) -> str:
         "conv": lambda: f"conv {k()}{stride}, {node['shape'][0]}",
         "maxpool": lambda: f"maxpool {k()}{stride}",
         "avgpool": lambda: f"avgpool {k()}{stride}",
+        "blurpool": lambda: f"blurpool {k()}{stride}",
         "global_pool": lambda: "global avgpool",
         "linear": lambda: f"linear {node['shape'][0]}",
         "dropout": lambda: f"dropout {a['p']:g}",
+        "norm": lambda: "norm" if a["kind"] == "batch" else f"{a['kind']} norm",
+        "act": lambda: a["kind"],
     }.get(op, lambda: op)()
 
 
@@ -99,7 +102,7 @@ def _label(g: nx.DiGraph, vid: str, members: list[str], row: dict | None, op_tex
     )
     if row["kind"] == "dense":
         return f"{row['name']}\n{row['layers']} layers, k={row['growth']}\n{channels}\n{where}", "#dde8f5"
-    ops = ", ".join(op_text(g, m) for m in members if g.nodes[m]["op"] not in ("norm", "relu"))
+    ops = ", ".join(op_text(g, m) for m in members if g.nodes[m]["op"] not in ("norm", "act"))
     return f"{row['name']}\n{ops}\n{channels}\n{where}", "#f5ecd7"
 
 

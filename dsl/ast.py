@@ -127,6 +127,15 @@ class Memory:
 
 
 @dataclass(frozen=True, slots=True)
+class Setting:
+    """`normalization group(8)` or `activation silu`: a choice for the whole network."""
+
+    what: str
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Section:
     """`stem ...` or `head ...`: a group of operations named as one part of the network."""
 
@@ -147,7 +156,7 @@ class Repeat:
     span: Span
 
 
-Statement = Input | Let | Memory | Section | Repeat | Call
+Statement = Input | Let | Memory | Setting | Section | Repeat | Call
 
 # ---- top level -----------------------------------------------------------------------------
 

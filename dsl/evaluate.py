@@ -24,6 +24,8 @@ Value = int | float | bool | None | list | tuple
 
 def show(value: Any) -> str:
     """A value as the language writes it."""
+    if isinstance(value, str):  # a choice: silu, group(8)
+        return value
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -48,6 +50,8 @@ def literal(value: Any) -> str:
 
 
 def kind_of(value: Any) -> str:
+    if isinstance(value, str):
+        return "an activation" if value in spec.ACTIVATIONS else "a normalization"
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -149,6 +153,13 @@ def _length(args: list, f: ast.Function) -> int:
     return len(args[0])
 
 
+def _group(args: list, f: ast.Function) -> str:
+    """`group(8)`: group normalisation over 8 groups of channels, a value of `normalization`."""
+    if len(args) != 1:
+        raise DnetError("group takes one number: the number of groups of channels", f.span)
+    return f"group({_whole(args[0], f.args[0], 'the number of groups')})"
+
+
 FUNCTIONS: dict[str, Callable[[list, ast.Function], Any]] = {
     "min": _min_max(min),
     "max": _min_max(max),
@@ -157,7 +168,11 @@ FUNCTIONS: dict[str, Callable[[list, ast.Function], Any]] = {
     "round": _one_number(round),
     "len": _length,
     "range": _range,
+    "group": _group,
 }
+
+
+CHOICES = (*spec.NORMALIZATIONS, *spec.ACTIVATIONS)
 
 
 @dataclass
@@ -185,16 +200,25 @@ def evaluate(e: ast.Expr, scope: Scope, lookup: Callable[[ast.Name], Any] | None
         if lookup is not None:
             return lookup(e)
         if e.id not in scope.values:
+            if e.id in CHOICES:  # `silu`, `instance`: names the language gives meaning
+                return e.id
             raise DnetError(
                 f"unknown name `{e.id}`",
                 e.span,
                 label="not defined here",
-                help=did_you_mean(e.id, scope.values) or _name_help(scope),
+                help=did_you_mean(e.id, [*scope.values, *CHOICES]) or _name_help(scope),
             )
         return scope.values[e.id]
     if isinstance(e, ast.BinOp):
-        a = _number(evaluate(e.left, scope, lookup), e.left, f"`{e.op}`")
-        b = _number(evaluate(e.right, scope, lookup), e.right, f"`{e.op}`")
+        left, right = evaluate(e.left, scope, lookup), evaluate(e.right, scope, lookup)
+        if e.op == "*" and (isinstance(left, list) or isinstance(right, list)):  # [size] * dims: repetition
+            items, n, at = (left, right, e.right) if isinstance(left, list) else (right, left, e.left)
+            n = _whole(n, at, "a list's repetition count")
+            if not 0 <= n * len(items) <= MAX_LIST:
+                raise DnetError(f"`{render(e)}` would make a list of {n * len(items)} items", e.span)
+            return items * n
+        a = _number(left, e.left, f"`{e.op}`")
+        b = _number(right, e.right, f"`{e.op}`")
         if e.op in ("/", "//", "%") and b == 0:
             raise DnetError(f"division by zero in `{render(e)}`", e.op_span, label=f"`{render(e.right)}` is 0")
         if e.op == "+":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from . import ast, spec
 from .errors import DnetError, Span, did_you_mean
-from .evaluate import Scope, bind_call, evaluate, kind_of, render, show
+from .evaluate import CHOICES, Scope, bind_call, evaluate, kind_of, render, show
 
 MAX_ALIAS_DEPTH = 50
 
@@ -102,6 +103,8 @@ class _Body:
         self.parts: list[spec.Stem | spec.DenseBlock | spec.Transition | spec.Head] = []
         self.layers = 0
         self.memory: str | None = None
+        self.settings: dict[str, str] = {}
+        self.where: dict[str, Span] = {}
 
     def run(self, body: tuple[ast.Statement, ...], scope: Scope) -> None:
         for stmt in body:
@@ -138,6 +141,8 @@ class _Body:
             if self.memory is not None:
                 raise DnetError("`memory` is set twice", stmt.span)
             self.memory = stmt.lowering
+        elif isinstance(stmt, ast.Setting):
+            self.setting(stmt, scope)
         elif isinstance(stmt, ast.Section):
             ops = spec.STEM_OPS if stmt.kind == "stem" else spec.HEAD_OPS
             calls = [bind_call(c, ops, scope, f"a `{stmt.kind}`") for c in stmt.calls]
@@ -148,21 +153,55 @@ class _Body:
         else:
             self.add(bind_call(stmt, spec.BODY_OPS, scope, "the network body"))
 
+    def setting(self, stmt: ast.Setting, scope: Scope) -> None:
+        """`normalization X` or `activation X`, once a network, checked against the choices."""
+        if stmt.what in self.settings:
+            first = self.where[stmt.what]
+            raise DnetError(f"`{stmt.what}` is set twice", stmt.span, notes=[f"first set at line {first.line}"])
+        e = stmt.value
+        unknown = isinstance(e, ast.Name) and e.id not in scope.values and e.id not in CHOICES
+        value = e.id if unknown else evaluate(e, scope)  # a misspelled choice is named as one
+        if stmt.what == "activation":
+            choices = list(spec.ACTIVATIONS)
+            valid = value in spec.ACTIVATIONS
+        else:
+            choices = [*spec.NORMALIZATIONS, "group(G)"]
+            valid = isinstance(value, str) and re.match(spec.NORMALIZATION_PATTERN, value) is not None
+        if not valid:
+            shown = (
+                render(stmt.value) if render(stmt.value) == show(value) else f"{render(stmt.value)}` = `{show(value)}"
+            )
+            raise DnetError(
+                f"`{shown}` is not {'an activation' if stmt.what == 'activation' else 'a normalization'}",
+                stmt.value.span,
+                help=(did_you_mean(show(value), [*choices, *scope.values]) if isinstance(value, str) else None)
+                or "choose " + ", ".join(f"`{c}`" for c in choices),
+            )
+        self.settings[stmt.what] = value
+        self.where[stmt.what] = stmt.span
+
     def take_input(self, stmt: ast.Input, scope: Scope) -> None:
         if self.input is not None:
             first = self.input.span.line if self.input.span else "?"
             raise DnetError("a network has one `input`", stmt.span, notes=[f"the first is at line {first}"])
         values: list[int] = []
         for i, d in enumerate(stmt.dims):
-            v = evaluate(d, scope)
-            what, limit = ("channels", spec.MAX_CHANNELS) if i == 0 else ("an input size", spec.MAX_SIZE)
-            if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and not v.is_integer()):
-                raise DnetError(f"{what} must be an integer, but `{render(d)}` is {show(v)}", d.span)
-            if not 1 <= v <= limit:
-                raise DnetError(
-                    f"{what} must be at least 1 and at most {limit}, but `{render(d)}` is {show(v)}", d.span
-                )
-            values.append(int(v))
+            value = evaluate(d, scope)
+            # a size such as 96x96x96 (or a list) after the channels stands for one size per dimension
+            items = list(value) if i > 0 and isinstance(value, tuple | list) else [value]
+            for v in items:
+                what, limit = ("channels", spec.MAX_CHANNELS) if not values else ("an input size", spec.MAX_SIZE)
+                if (
+                    isinstance(v, bool)
+                    or not isinstance(v, int | float)
+                    or (isinstance(v, float) and not v.is_integer())
+                ):
+                    raise DnetError(f"{what} must be an integer, but `{render(d)}` is {show(value)}", d.span)
+                if not 1 <= v <= limit:
+                    raise DnetError(
+                        f"{what} must be at least 1 and at most {limit}, but `{render(d)}` is {show(value)}", d.span
+                    )
+                values.append(int(v))
         if len(values) < 2:
             raise DnetError(
                 "`input` needs channels and at least one spatial size",
@@ -250,5 +289,12 @@ def _run(name: str, node: ast.NetworkDef, file: str, bindings: dict[str, tuple[A
         )
     params = {p.name: scope.values[p.name] for p in node.parameters}
     return spec.Network(
-        name=name, file=file, parameters=params, input=body.input, parts=body.parts, memory=body.memory, span=node.span
+        name=name,
+        file=file,
+        parameters=params,
+        input=body.input,
+        parts=body.parts,
+        memory=body.memory,
+        span=node.span,
+        **body.settings,
     )

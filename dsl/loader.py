@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 from . import ast, spec
 from .errors import DnetError, Span, did_you_mean
-from .evaluate import Scope, evaluate
+from .evaluate import CHOICES, Scope, evaluate
 from .instantiate import Definition, Override, instantiate
 from .syntax import parse_expression, parse_module
 
@@ -100,9 +101,16 @@ def _overrides(given: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> di
         source = f"{name}={value!r}"
         if isinstance(value, tuple):
             value = tuple(value)
-        elif not isinstance(value, int | float | bool | list | type(None)):
+        elif isinstance(value, str) and value not in CHOICES and not re.match(r"^group\([1-9][0-9]*\)$", value):
             raise DnetError(
-                f"override `{name}` must be a number, a list, a size or None, not {type(value).__name__}",
+                f"override `{name}` = {value!r} is not a choice the language knows",
+                Span("overrides", 1, len(name) + 2),
+                source=source,
+                help=did_you_mean(value, CHOICES) or "choices: " + ", ".join(CHOICES) + " and group(G)",
+            )
+        elif not isinstance(value, int | float | bool | list | str | type(None)):
+            raise DnetError(
+                f"override `{name}` must be a number, a list, a size, a choice or None, not {type(value).__name__}",
                 Span("overrides", 1, len(name) + 2),
                 source=source,
             )

@@ -27,6 +27,23 @@ LOWERINGS = ("naive", "checkpoint", "shared")
 MEMORY_CHOICES = (*LOWERINGS, "auto")
 Lowering = Literal["naive", "checkpoint", "shared", "auto"]
 
+# What `normalization` and `activation` may choose: names in the language, like numbers (`--set act=silu`).
+NORMALIZATIONS = ("batch", "instance", "layer")  # and group(G): G groups of channels
+ACTIVATIONS = ("relu", "prelu", "silu", "gelu")
+NORMALIZATION_PATTERN = r"^(batch|instance|layer|group\([1-9][0-9]*\))$"
+Normalization = Annotated[
+    str,
+    Field(
+        pattern=NORMALIZATION_PATTERN,
+        description="every `norm` of the network: batch (running statistics), instance, layer (one group of "
+        "all channels) or group(G); all learn a scale and shift per channel",
+    ),
+]
+Activation = Annotated[
+    Literal["relu", "prelu", "silu", "gelu"],
+    Field(description="every activation of the network (prelu: one learned slope)"),
+]
+
 PositiveInt = Annotated[int, Field(gt=0)]
 Size = PositiveInt | tuple[PositiveInt, ...]
 NonNegativeSize = Annotated[int, Field(ge=0)] | tuple[Annotated[int, Field(ge=0)], ...]
@@ -70,6 +87,12 @@ class ReLU(Node):
     kind: Literal["relu"] = "relu"
 
 
+class Act(Node):
+    """The network's activation (`activation`, ReLU by default)."""
+
+    kind: Literal["act"] = "act"
+
+
 class Pool(Node):
     """A pooling window: what max and average pooling share."""
 
@@ -86,6 +109,14 @@ class AvgPool(Pool):
     kind: Literal["avgpool"] = "avgpool"
 
 
+class BlurPool(Node):
+    """Anti-aliased downsampling (Zhang 2019): a fixed binomial blur of each channel, then subsampling."""
+
+    kind: Literal["blurpool"] = "blurpool"
+    stride: PositiveInt = Field(default=2, description="the subsampling stride, > 0")
+    kernel: int = Field(default=3, ge=2, le=7, description="the binomial filter's size, 2 to 7 (3 in timm)")
+
+
 class Dropout(Node):
     kind: Literal["dropout"] = "dropout"
     p: Rate = 0.0
@@ -98,7 +129,7 @@ class Classifier(Node):
     classes: PositiveInt = Field(description="the number of classes, > 0")
 
 
-StemOp = Annotated[Conv | Norm | ReLU | MaxPool | AvgPool | Dropout, Field(discriminator="kind")]
+StemOp = Annotated[Conv | Norm | ReLU | Act | MaxPool | AvgPool | BlurPool | Dropout, Field(discriminator="kind")]
 HeadOp = Annotated[Classifier, Field(discriminator="kind")]
 
 # ---- the parts of a network ----------------------------------------------------------------
@@ -121,7 +152,7 @@ class DenseBlock(Node):
 
 
 class Transition(Node):
-    """BN-ReLU-Conv1x1(floor(compression*C))-AvgPool2, between dense blocks."""
+    """BN-ReLU-Conv1x1(floor(compression*C))-AvgPool2 (or a blur pool), between dense blocks."""
 
     kind: Literal["transition"] = "transition"
     compression: float = Field(
@@ -132,6 +163,7 @@ class Transition(Node):
         "(0.5 in DenseNet-BC, 1 in plain DenseNet)",
     )
     dropout: Rate = 0.0
+    blur: bool = Field(default=False, description="downsample with a blur pool (anti-aliased) instead of averaging")
 
 
 class Stem(Node):
@@ -163,6 +195,8 @@ class Network(Node):
     input: Input
     parts: list[Part]
     memory: Lowering | None = Field(default=None, description="the lowering the spec asks for, if any")
+    normalization: Normalization = "batch"
+    activation: Activation = "relu"
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def locate(self, error: DnetError) -> DnetError:
@@ -180,7 +214,7 @@ class Network(Node):
 
 # The operations a call may name, by where it stands.
 STEM_OPS: dict[str, type[Node]] = {
-    m.model_fields["kind"].default: m for m in (Conv, Norm, ReLU, MaxPool, AvgPool, Dropout)
+    m.model_fields["kind"].default: m for m in (Conv, Norm, ReLU, Act, MaxPool, AvgPool, BlurPool, Dropout)
 }
 HEAD_OPS: dict[str, type[Node]] = {m.model_fields["kind"].default: m for m in (Classifier,)}
 BODY_OPS: dict[str, type[Node]] = {m.model_fields["kind"].default: m for m in (DenseBlock, Transition)}

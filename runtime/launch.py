@@ -35,7 +35,8 @@ def bind(
     if "classes" in params and "classes" not in overrides:
         extra["classes"] = info["classes"]
     if "size" in params and "size" not in overrides and dataset != "fake":
-        extra["size"] = info["shape"][1]
+        sizes = tuple(info["shape"][1:])  # a spec's `size` is one side (square inputs) or a size per dimension
+        extra["size"] = sizes if isinstance(params["size"], tuple | list) else sizes[0]
     dropout = info["recipe"].get("dropout", 0.0)  # the paper's 0.2 when there is no augmentation
     if not augment and dropout and "dropout" in params and "dropout" not in overrides:
         extra["dropout"] = dropout

@@ -28,7 +28,12 @@ REDUCED = {
 def reduced(name: str) -> dsl.Network:
     net = dsl.load(name)
     family = next((f for f in REDUCED if set(REDUCED[f]) <= set(net.parameters)), None)
-    return dsl.load(name, **REDUCED[family]) if family else net  # figure1 is small already
+    if family is None:
+        return net  # figure1 is small already
+    settings = dict(REDUCED[family])
+    if net.parameters.get("dims", 2) == 3:  # volumes: a smaller side
+        settings["size"] = 32
+    return dsl.load(name, **settings)
 
 
 def step(model: torch.nn.Module, x: torch.Tensor, seed: int = 7) -> dict[str, torch.Tensor]:

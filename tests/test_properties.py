@@ -19,6 +19,8 @@ def specs(draw) -> str:
     rank = draw(st.integers(1, 3))
     size = draw(st.sampled_from([8, 12, 16]) if rank < 3 else st.just(8))
     lines = ["network generated {", f"    input {draw(st.integers(1, 4))} x " + " x ".join([str(size)] * rank)]
+    lines.append(f"    normalization {draw(st.sampled_from(['batch', 'layer', 'group(1)']))}")
+    lines.append(f"    activation {draw(st.sampled_from(['relu', 'prelu', 'silu', 'gelu']))}")
     lines.append(f"    stem conv({draw(st.sampled_from([1, 3]))}, {draw(st.integers(4, 16))})")  # θ=0.3 keeps >= 1
     blocks = draw(st.integers(1, 3))
     for b in range(blocks):
@@ -49,7 +51,24 @@ def test_generated_specs_counts_and_shapes_equal_the_modules(text):
 
 
 # the fuzz test's vocabulary, and the names and literals a spec body uses
-TOKENS = [*PIECES, "n", "growth", "layers", "conv", "classifier", "norm", "relu", "maxpool", "32", '"densenet_bc.dnet"']
+TOKENS = [
+    *PIECES,
+    "n",
+    "growth",
+    "layers",
+    "conv",
+    "classifier",
+    "norm",
+    "relu",
+    "act",
+    "maxpool",
+    "32",
+    '"densenet_bc.dnet"',
+    "normalization",
+    "activation",
+    "silu",
+    "group(4)",
+]
 
 
 @settings(max_examples=300, deadline=None)

@@ -44,6 +44,16 @@ network volume(growth = 4) {
 """
 
 
+BLURRED = """
+network blurred(dims = 2, size = 16) {
+    input 3 x [size] * dims
+    stem { conv(3, 8) norm act maxpool(3, stride = 1, padding = 1) blurpool(stride = 2, kernel = 4) }
+    repeat 2 separated by transition(compression = 0.5, blur = true) { dense(2, 4) }
+    head classifier(5)
+}
+"""
+
+
 def load_source(text: str, folder: Path, name: str):
     """Import emitted source from a file, as a user of it would."""
     path = folder / f"{name}.py"
@@ -119,6 +129,8 @@ SOURCES = {
     "figure1": lambda: dsl.load("figure1"),
     "mixed": lambda: dsl.parse(MIXED),
     "volume": lambda: dsl.parse(VOLUME),
+    "blurred_group_silu": lambda: dsl.parse(BLURRED.replace("{\n", "{\n normalization group(2) activation silu\n", 1)),
+    "blurred_3d_prelu": lambda: dsl.parse(BLURRED.replace("{\n", "{\n activation prelu\n", 1), dims=3, size=12),
 }
 
 

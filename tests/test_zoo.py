@@ -55,6 +55,50 @@ def test_imagenet_approximate_params(name):
     assert abs(graph(name).graph["params"] / 1e6 - REFERENCE["imagenet_about_millions"][name]) < 1.0
 
 
+MONAI = [(n, int(d)) for n, dims in REFERENCE["monai_params"].items() if not n.startswith("_") for d in dims]
+SIZES = {1: 4096, 2: 224, 3: 96}
+
+
+@pytest.mark.parametrize(("name", "dims"), MONAI, ids=[f"{n}-{d}d" for n, d in MONAI])
+def test_monai_densenets_in_1d_2d_3d(name, dims):
+    """MONAI's DenseNet121/169/201/264 with spatial_dims 1-3, one channel in and two classes out."""
+    zoo = dsl.load(name)
+    net = dsl.load(name, channels=1, classes=2, dims=dims, size=SIZES[dims])
+    assert len(net.input.size) == dims and zoo.parameters["blocks"] == net.parameters["blocks"]
+    assert compiler.build_graph(net).graph["params"] == REFERENCE["monai_params"][name][str(dims)]
+    own = dsl.zoo_dir() / f"{name}_{dims}d.dnet"
+    if own.is_file():  # the zoo's members for volumes and signals are these networks
+        assert dsl.load(own.stem).parameters == net.parameters
+
+
+def test_monai_itself_agrees():
+    monai = pytest.importorskip("monai.networks.nets")
+    for name, dims in MONAI:
+        cls = getattr(monai, name.replace("densenet", "DenseNet"))
+        model = cls(spatial_dims=dims, in_channels=1, out_channels=2)
+        assert sum(p.numel() for p in model.parameters()) == REFERENCE["monai_params"][name][str(dims)]
+
+
+TIMM = {k: v for k, v in REFERENCE["timm_params"].items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM))
+def test_timm_deep_stem_and_blur_pool_models(name):
+    assert graph(name).graph["params"] == TIMM[name]
+
+
+def test_timm_itself_agrees():
+    timm = pytest.importorskip("timm")
+    from timm.layers import BlurPool2d
+
+    from compiler.modules import BlurPool
+
+    for name, params in TIMM.items():
+        assert sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters()) == params
+    x = torch.randn(2, 8, 17, 16)
+    assert torch.equal(BlurPool(8, 3, 2, rank=2)(x), BlurPool2d(8, 3, 2)(x))
+
+
 def test_classes_is_a_parameter_of_the_cifar_models():
     assert dsl.load("densenet_bc_190_40", classes=100).parameters["classes"] == 100
     g = compiler.build_graph(dsl.load("densenet_bc_190_40", classes=100))
