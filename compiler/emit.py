@@ -7,7 +7,17 @@ from collections.abc import Callable
 import networkx as nx
 from torch import nn
 
-from .modules import BlurPool, DenseBlock, DenseLayer, DenseNet, GlobalAvgPool, Transition, initialise
+from .modules import (
+    BlurPool,
+    DenseBlock,
+    DenseLayer,
+    DenseNet,
+    Features,
+    GlobalAvgPool,
+    Transition,
+    TransitionUp,
+    initialise,
+)
 
 
 def _nd(name: str, rank: int) -> type[nn.Module]:
@@ -16,7 +26,12 @@ def _nd(name: str, rank: int) -> type[nn.Module]:
 
 def _conv(node: dict, c_in: int, rank: int) -> nn.Module:
     a = node["args"]
-    return _nd("Conv", rank)(c_in, node["shape"][0], a["kernel"], a["stride"], a["padding"], bias=False)
+    return _nd("Conv", rank)(c_in, node["shape"][0], a["kernel"], a["stride"], a["padding"], bias=a.get("bias", False))
+
+
+def _conv_transpose(node: dict, c_in: int, rank: int) -> nn.Module:
+    a = node["args"]
+    return _nd("ConvTranspose", rank)(c_in, node["shape"][0], a["kernel"], a["stride"], a["padding"], bias=a["bias"])
 
 
 def _pool(kind: str) -> Callable[[dict, int, int], nn.Module]:
@@ -46,6 +61,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
     "conv": _conv,
+    "conv_transpose": _conv_transpose,
     "norm": _norm,
     "act": lambda node, c_in, rank: ACTIVATIONS[node["args"]["kind"]](),
     "dropout": lambda node, c_in, rank: nn.Dropout(node["args"]["p"]),
@@ -57,6 +73,15 @@ FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
 }
 
 
+def _part(g: nx.DiGraph, n: str) -> str:
+    """The name, in `features`, of the part whose output node `n` is ("" for the input)."""
+    node = g.nodes[n]
+    if node["op"] == "input":
+        return ""
+    unit = node["unit"]
+    return unit if unit.startswith(("denseblock", "transition")) else node["module"].split(".")[-1]
+
+
 def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
     """The module of a graph, its dense blocks lowered as `memory` says (naive, checkpoint or shared).
 
@@ -66,7 +91,7 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
 
     block_class = BLOCKS[memory]
     rank = len(g.nodes["input"]["shape"]) - 1
-    features = nn.Sequential()
+    features = Features()
     classifier: nn.Module | None = None
     blocks: dict[str, DenseBlock] = {}
     for n in nx.topological_sort(g):
@@ -83,16 +108,22 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
             block = blocks.get(unit)
             if block is None:
                 block = blocks[unit] = block_class()
+                block.concat_input = g.graph["units"][unit]["concat_input"]
                 features.add_module(unit, block)
             if node["layer"] not in block:
                 block[node["layer"]] = DenseLayer()
             block[node["layer"]].add_module(leaf, module)
         elif unit.startswith("transition"):
             if not hasattr(features, unit):
-                features.add_module(unit, Transition())
+                features.add_module(unit, TransitionUp() if unit.startswith("transition_up") else Transition())
             getattr(features, unit).add_module(leaf, module)
         else:
             features.add_module(leaf, module)
+    for (name, index), n in g.graph["kept"].items():
+        features.keeps.setdefault(_part(g, n), []).append(f"{name}[{index}]")
+    for unit, info in g.graph["units"].items():
+        if info["kind"] == "transition_up":
+            features.joins[unit] = info["skip"]
     model = DenseNet(features, classifier)
     model.memory = memory
     initialise(model)

@@ -32,7 +32,7 @@ def _blur(kernel: int, stride: int, rank: int) -> dict:
 
 class _Builder:
     def __init__(self, network: spec.Network) -> None:
-        self.g = nx.DiGraph(name=network.name, network=network, units={})
+        self.g = nx.DiGraph(name=network.name, network=network, units={}, kept={})
         self.rank = len(network.input.size)
         self.norm = {"kind": network.normalization}
         self.act = {"kind": network.activation}
@@ -83,7 +83,8 @@ class _Builder:
         if isinstance(op, spec.Conv):
             k = self.dims(op.kernel, op, "kernel")
             pad = self.dims(op.padding, op, "padding") if op.padding is not None else tuple(x // 2 for x in k)
-            return {"channels": op.channels, "kernel": k, "stride": self.dims(op.stride, op, "stride"), "padding": pad}
+            stride = self.dims(op.stride, op, "stride")
+            return {"channels": op.channels, "kernel": k, "stride": stride, "padding": pad, "bias": op.bias}
         if isinstance(op, spec.MaxPool | spec.AvgPool):
             k = self.dims(op.kernel, op, "kernel")
             stride = self.dims(op.stride, op, "stride") if op.stride is not None else k
@@ -120,6 +121,8 @@ class _Builder:
             "growth": part.growth,
             "bottleneck": part.bottleneck,
             "dropout": part.dropout,
+            "concat_input": part.concat_input,
+            "bias": part.bias,
         }
         prefix = f"{ROOT}.{unit}"
         features = [self.last]
@@ -145,12 +148,13 @@ class _Builder:
                     layer,
                     stride=(1,) * self.rank,
                     padding=tuple(x // 2 for x in k),
+                    bias=part.bias,
                     **conv,
                 )
                 if part.dropout > 0:
                     self.chain(f"{p}.drop{n}", "dropout", unit, part.span, layer, p=part.dropout)
             features.append(self.last)
-        self.concat(f"{prefix}.cat", features, unit, part.span)
+        self.concat(f"{prefix}.cat", features if part.concat_input else features[1:], unit, part.span)
 
     def transition(self, part: spec.Transition, t: int) -> None:
         unit = f"transition{t}"
@@ -181,10 +185,58 @@ class _Builder:
         else:
             self.chain(f"{p}.pool", "avgpool", unit, part.span, kernel=two, stride=two, padding=(0,) * self.rank)
 
+    def keep(self, part: spec.Keep) -> None:
+        kept = self.g.graph["kept"]
+        index = sum(1 for name, _ in kept if name == part.name)
+        kept[(part.name, index)] = self.last
+
+    def transition_down(self, part: spec.TransitionDown, t: int) -> None:
+        """BN-ReLU-Conv1x1 (every channel kept, bias)-Dropout-MaxPool 2 (Jégou et al. 2017)."""
+        unit = f"transition_down{t}"
+        self.g.graph["units"][unit] = {"kind": "transition_down", "dropout": part.dropout}
+        p = f"{ROOT}.{unit}"
+        one, two, zero = (1,) * self.rank, (2,) * self.rank, (0,) * self.rank
+        self.chain(f"{p}.norm", "norm", unit, part.span, **self.norm)
+        self.chain(f"{p}.relu", "act", unit, part.span, **self.act)
+        self.chain(
+            f"{p}.conv", "conv", unit, part.span, compression=1.0, kernel=one, stride=one, padding=zero, bias=True
+        )
+        if part.dropout > 0:
+            self.chain(f"{p}.drop", "dropout", unit, part.span, p=part.dropout)
+        self.chain(f"{p}.pool", "maxpool", unit, part.span, kernel=two, stride=two, padding=zero)
+
+    def transition_up(self, part: spec.TransitionUp, t: int) -> None:
+        """A 3x3 stride-2 transposed convolution of the current maps, centre-cropped to the kept maps'
+        size and concatenated with them: the skip connection of the U-shaped network."""
+        key = (part.skip.name, part.skip.index)
+        skip = self.g.graph["kept"].get(key)
+        if skip is None:  # a Ref made outside the language, pointing past what was kept
+            raise DnetError(f"no feature maps were kept as `{part.skip.name}[{part.skip.index}]`", part.span)
+        unit = f"transition_up{t}"
+        self.g.graph["units"][unit] = {"kind": "transition_up", "skip": f"{key[0]}[{key[1]}]", "skip_node": skip}
+        p = f"{ROOT}.{unit}"
+        args = {"kernel": (3,) * self.rank, "stride": (2,) * self.rank, "padding": (0,) * self.rank}
+        self.chain(f"{p}.conv", "conv_transpose", unit, part.span, like=skip, bias=True, **args)
+        self.concat(f"{p}.cat", [self.last, skip], unit, part.span)
+
     def head(self, part: spec.Head, blocks: int) -> None:
         n = blocks + 1
         self.g.graph["units"]["head"] = {"kind": "head"}
         for op in part.ops:
+            if isinstance(op, spec.PixelClassifier):  # a 1x1 convolution: scores at every position
+                one = (1,) * self.rank
+                self.chain(
+                    "classifier",
+                    "conv",
+                    "head",
+                    op.span,
+                    channels=op.classes,
+                    kernel=one,
+                    stride=one,
+                    padding=(0,) * self.rank,
+                    bias=True,
+                )
+                continue
             self.chain(f"{ROOT}.norm{n}", "norm", "head", op.span, **self.norm)
             self.chain(f"{ROOT}.relu{n}", "act", "head", op.span, **self.act)
             self.chain(f"{ROOT}.pool{n}", "global_pool", "head", op.span)
@@ -201,18 +253,27 @@ def build_graph(network: spec.Network) -> nx.DiGraph:
 
 def _build(network: spec.Network) -> nx.DiGraph:
     b = _Builder(network)
-    blocks = transitions = 0
+    count: dict[str, int] = {}
+
+    def number(kind: str) -> int:
+        count[kind] = count.get(kind, 0) + 1
+        return count[kind]
+
     for part in network.parts:
         if isinstance(part, spec.Stem):
             b.stem(part)
         elif isinstance(part, spec.DenseBlock):
-            blocks += 1
-            b.dense(part, blocks)
+            b.dense(part, number("dense"))
         elif isinstance(part, spec.Transition):
-            transitions += 1
-            b.transition(part, transitions)
+            b.transition(part, number("transition"))
+        elif isinstance(part, spec.TransitionDown):
+            b.transition_down(part, number("transition_down"))
+        elif isinstance(part, spec.TransitionUp):
+            b.transition_up(part, number("transition_up"))
+        elif isinstance(part, spec.Keep):
+            b.keep(part)
         else:
-            b.head(part, blocks)
+            b.head(part, count.get("dense", 0))
     b.g.graph["output"] = b.last
     infer(b.g)
     return b.g

@@ -53,7 +53,7 @@ class CheckpointDenseBlock(DenseBlock):
         features = [x]
         for layer in self.values():
             features.append(self._layer(layer, features))
-        return torch.cat(features, 1)
+        return torch.cat(features if self.concat_input else features[1:], 1)
 
     @staticmethod
     def _layer(layer: DenseLayer, features: list[Tensor]) -> Tensor:
@@ -97,9 +97,9 @@ class SharedDenseBlock(DenseBlock):
     """Keeps the block's features in one buffer and recomputes BN+ReLU in the backward pass."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not _needs_backward(x, self):
-            return self._run(x, None)
-        return _SharedBlock.apply(self, x, *_parameters(self))
+        grad = _needs_backward(x, self)
+        out = _SharedBlock.apply(self, x, *_parameters(self)) if grad else self._run(x, None)
+        return out if self.concat_input else out[:, x.shape[1] :]
 
     def _run(self, x: Tensor, record: dict[str, Any] | None) -> Tensor:
         """Run every layer, writing its new features into the block's buffer; `record` keeps what backward needs."""
@@ -256,6 +256,7 @@ def _stage_backward(
         grad_t, x, weight, *running, mean, invstd, norm.training, norm.eps, [True, True, True]
     )
     grads[conv.weight] = grad_w.to(conv.weight.dtype)
+    _bias_grad(conv, grad_out, grads)
     grads[norm.weight] = grad_weight
     grads[norm.bias] = grad_bias
     return grad_x
@@ -279,6 +280,14 @@ def _conv_backward(conv: nn.Module, t: Tensor, grad_out: Tensor, dtype: torch.dt
     return grad_t, grad_w
 
 
+def _bias_grad(conv: nn.Module, grad_out: Tensor, grads: dict[Tensor, Tensor]) -> None:
+    """A convolution's bias (FC-DenseNet has them) gets the output gradient summed over all but channels."""
+    if conv.bias is not None:
+        dims = [0, *range(2, grad_out.dim())]
+        total = grad_out.sum(dims, dtype=torch.promote_types(grad_out.dtype, torch.float32))
+        grads[conv.bias] = total.to(conv.bias.dtype)
+
+
 def _stage_backward_any(
     stage: Stage, source: Tensor, grad_out: Tensor, grads: dict[Tensor, Tensor], autocast_dtype: torch.dtype | None
 ) -> Tensor:
@@ -293,6 +302,7 @@ def _stage_backward_any(
         grad_t, grad_w = _conv_backward(conv, t.detach(), grad_out, dtype)
         grad_x, *grad_params = torch.autograd.grad(t, [x, *params], grad_t.to(t.dtype))
     grads[conv.weight] = grad_w.to(conv.weight.dtype)
+    _bias_grad(conv, grad_out, grads)
     for p, gp in zip(params, grad_params, strict=True):
         grads[p] = gp
     return grad_x

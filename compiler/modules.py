@@ -43,13 +43,16 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.ModuleDict):
-    """Feeds every layer the feature maps of all earlier layers; returns their concatenation."""
+    """Feeds every layer the feature maps of all earlier layers; returns their concatenation (without
+    the block's input when `concat_input` is off, as FC-DenseNet's up path has it)."""
+
+    concat_input = True
 
     def forward(self, x: Tensor) -> Tensor:
         features = [x]
         for layer in self.values():
             features.append(layer(features))
-        return torch.cat(features, 1)
+        return torch.cat(features if self.concat_input else features[1:], 1)
 
 
 class Transition(nn.Sequential):
@@ -75,6 +78,36 @@ class BlurPool(nn.Module):
         x = F.pad(x, [self.padding] * (2 * self.rank), mode="reflect")
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.rank - 1]
         return conv(x, self.filt.to(x.dtype), stride=self.stride, groups=self.channels)
+
+
+class TransitionUp(nn.Module):
+    """FC-DenseNet's transition up: transposed convolution, centre crop to the skip's size, concatenation."""
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = self.conv(x)
+        starts = [(a - b) // 2 for a, b in zip(x.shape[2:], skip.shape[2:], strict=True)]
+        x = x[(..., *(slice(s, s + n) for s, n in zip(starts, skip.shape[2:], strict=True)))]
+        return torch.cat([x, skip], 1)
+
+
+class Features(nn.Sequential):
+    """The network's parts in order. Where the spec keeps feature maps (`keep`) and joins them again
+    (`transition_up`), it remembers them by name: the skip connections of a U-shaped network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keeps: dict[str, list[str]] = {}  # part -> names its output is kept under ("" : the input)
+        self.joins: dict[str, str] = {}  # part -> the kept maps it takes as its second input
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.joins:
+            return super().forward(x)
+        kept = dict.fromkeys(self.keeps.get("", []), x)
+        for name, module in self.named_children():
+            x = module(x, kept[self.joins[name]]) if name in self.joins else module(x)
+            for key in self.keeps.get(name, []):
+                kept[key] = x
+        return x
 
 
 class GlobalAvgPool(nn.Module):

@@ -47,6 +47,25 @@ def _conv(node: dict, ins: list[Shape]) -> Shape:
     return (a["channels"], *_window(node, shape))
 
 
+def _conv_transpose(node: dict, ins: list[Shape]) -> Shape:
+    """Upsampling to the kept maps' size: the full output of the transposed convolution, centre-cropped."""
+    (shape,) = ins
+    a = node["args"]
+    a["channels"] = shape[0]
+    a["full"] = tuple(
+        (s - 1) * st - 2 * p + k for s, k, st, p in zip(shape[1:], a["kernel"], a["stride"], a["padding"], strict=True)
+    )
+    target = a["like_shape"][1:]
+    if any(f < t for f, t in zip(a["full"], target, strict=True)):
+        raise DnetError(
+            f"the skip connection joins feature maps of {_show(target)} to upsampled maps of {_show(a['full'])}, "
+            f"which are smaller (from {_show(shape[1:])})",
+            node["span"],
+            help="keep the skip at the resolution this transition up returns to",
+        )
+    return (shape[0], *target)
+
+
 def _same(node: dict, ins: list[Shape]) -> Shape:
     (shape,) = ins
     return shape
@@ -115,6 +134,7 @@ SHAPE_RULES: dict[str, Callable[[dict, list[Shape]], Shape]] = {
     "maxpool": _pool,
     "avgpool": _pool,
     "blurpool": _blurpool,
+    "conv_transpose": _conv_transpose,
     "global_pool": _global_pool,
     "linear": _linear,
     "concat": _concat,
@@ -124,9 +144,11 @@ SHAPE_RULES: dict[str, Callable[[dict, list[Shape]], Shape]] = {
 def count(node: dict, ins: list[Shape], out: Shape) -> tuple[int, int]:
     """(parameters, multiply-adds) of one node for one sample, in torchinfo's convention."""
     op = node["op"]
-    if op == "conv":
-        params = ins[0][0] * out[0] * math.prod(node["args"]["kernel"])
-        return params, params * math.prod(out[1:])
+    if op in ("conv", "conv_transpose"):
+        a = node["args"]
+        params = ins[0][0] * out[0] * math.prod(a["kernel"]) + (out[0] if a.get("bias") else 0)
+        positions = a["full"] if op == "conv_transpose" else out[1:]  # torchinfo sees the uncropped output
+        return params, params * math.prod(positions)
     if op == "norm":  # every normalisation learns a scale and a shift per channel
         return 2 * out[0], 2 * out[0]
     if op == "act" and node["args"]["kind"] == "prelu":  # one learned slope
@@ -151,6 +173,8 @@ def infer(g: nx.DiGraph) -> None:
             continue
         preds = sorted(g.in_edges(n, data="index"), key=lambda e: e[2])
         ins = [g.nodes[p]["shape"] for p, _, _ in preds]
+        if "like" in node["args"]:  # the kept maps a transition up returns to
+            node["args"]["like_shape"] = g.nodes[node["args"]["like"]]["shape"]
         out = SHAPE_RULES[node["op"]](node, ins)
         if any(s < 1 for s in out[1:]):
             unit = node["unit"]

@@ -75,7 +75,11 @@ class _Writer:
         self.transition_dropout = any(u["dropout"] > 0 for u in transitions)
         self.blur = any(u["blur"] for u in transitions)
         self.blur_pool_used = any(g.nodes[n]["op"] == "blurpool" for n in g)
-        self.head = [n for n in nx.topological_sort(g) if g.nodes[n]["op"] == "linear"]
+        self.bias = any(u["bias"] for u in blocks)
+        self.concat_flags = not all(u["concat_input"] for u in blocks)
+        kinds = {u["kind"] for u in g.graph["units"].values()}
+        self.down, self.up = "transition_down" in kinds, "transition_up" in kinds
+        self.transitions = "transition" in kinds
         self.normalization = g.graph["network"].normalization
         self.activation = g.graph["network"].activation
 
@@ -130,6 +134,8 @@ class _Writer:
             args.append("bottleneck: int | None" if both else "bottleneck: int")
         if self.dropout:
             args.append("dropout: float = 0.0")
+        if self.bias:
+            args.append("bias: bool = False")
         args.append("memory_efficient: bool = False")
         if both:
             doc = [
@@ -153,24 +159,27 @@ class _Writer:
         i2, i3 = INDENT * 2, INDENT * 3
         out.append(f"{i2}super().__init__()")
         drop = "nn.Dropout(dropout) if dropout else nn.Identity()" if self.dropout else None
+        bias = "bias" if self.bias else "False"
         three = ["kernel_size=3", "padding=1"]
         if both:
             out.append(f"{i2}width = bottleneck * growth if bottleneck else growth")
             first = ["kernel_size=1 if bottleneck else 3", "padding=0 if bottleneck else 1"]
-            out += self.stage(i2, "1", "in_channels", "width", first, drop)
+            out += self.stage(i2, "1", "in_channels", "width", first, drop, bias)
             out.append(f"{i2}if bottleneck:")
-            out += self.stage(i3, "2", "width", "growth", three, drop)
+            out += self.stage(i3, "2", "width", "growth", three, drop, bias)
         elif has_bottleneck:
-            out += self.stage(i2, "1", "in_channels", "bottleneck * growth", ["kernel_size=1"], drop)
-            out += self.stage(i2, "2", "bottleneck * growth", "growth", three, drop)
+            out += self.stage(i2, "1", "in_channels", "bottleneck * growth", ["kernel_size=1"], drop, bias)
+            out += self.stage(i2, "2", "bottleneck * growth", "growth", three, drop, bias)
         else:
-            out += self.stage(i2, "1", "in_channels", "growth", three, drop)
+            out += self.stage(i2, "1", "in_channels", "growth", three, drop, bias)
         out.append(f"{i2}self.memory_efficient = memory_efficient")
         out.append("")
         out += self.layer_forward(both, has_bottleneck)
         return [*out, "", *self.first_stage()]
 
-    def stage(self, indent: str, n: str, c_in: str, c_out: str, window: list[str], drop: str | None) -> list[str]:
+    def stage(
+        self, indent: str, n: str, c_in: str, c_out: str, window: list[str], drop: str | None, bias: str = "False"
+    ) -> list[str]:
         """BN-ReLU-Conv(-Dropout) named with suffix `n`: `norm1`, `relu1`, `conv1`, `drop1`."""
         norm, norm_args = self.norm(c_in)
         act, act_args = self.act()
@@ -178,7 +187,8 @@ class _Writer:
             f"{indent}self.norm{n} = {norm}({', '.join(norm_args)})",
             f"{indent}self.relu{n} = {act}({', '.join(act_args)})",
         ]
-        out += _call(indent, f"self.conv{n} = {self.nn('Conv')}(", [c_in, c_out, *window, "bias=False"])
+        bias_arg = [] if bias == "True" else [f"bias={bias}"]
+        out += _call(indent, f"self.conv{n} = {self.nn('Conv')}(", [c_in, c_out, *window, *bias_arg])
         if drop is not None:
             out.append(f"{indent}self.drop{n} = {drop}")
         return out
@@ -271,8 +281,13 @@ class _Writer:
         if self.dropout:
             args.append("dropout: float = 0.0")
             passed.append("dropout")
+        if self.bias:
+            args.append("bias: bool = False")
+            passed.append("bias")
         args.append("memory_efficient: bool = False")
         passed.append("memory_efficient")
+        if self.concat_flags:
+            args.append("concat_input: bool = True")
         out = [
             "class DenseBlock(nn.ModuleDict):",
             f'{INDENT}"""Feeds each layer the block\'s input and the new features of every earlier',
@@ -281,6 +296,8 @@ class _Writer:
         ]
         out += _call(INDENT, "def __init__(", args, ") -> None:")
         out.append(f"{i2}super().__init__()")
+        if self.concat_flags:
+            out.append(f"{i2}self.concat_input = concat_input")
         out.append(f"{i2}for i in range(layers):")
         out += _call(i3, 'self[f"denselayer{i + 1}"] = DenseLayer(', passed)
         out += [
@@ -289,9 +306,65 @@ class _Writer:
             f"{i2}features = [x]",
             f"{i2}for layer in self.values():",
             f"{i3}features.append(layer(features))",
-            f"{i2}return torch.cat(features, 1)",
+            f"{i2}return torch.cat(features if self.concat_input else features[1:], 1)"
+            if self.concat_flags
+            else f"{i2}return torch.cat(features, 1)",
         ]
         return out
+
+    def transition_down(self) -> list[str]:
+        i2 = INDENT * 2
+        out = [
+            "class TransitionDown(nn.Sequential):",
+            f'{INDENT}"""BN-ReLU-Conv(1x1, every channel)-Dropout-MaxPool(2): FC-DenseNet\'s way down."""',
+            "",
+            f"{INDENT}def __init__(self, channels: int, dropout: float = 0.0) -> None:",
+            f"{i2}super().__init__()",
+            *self.stage(i2, "", "channels", "channels", ["kernel_size=1"], None, "True"),
+            f"{i2}if dropout:",
+            f"{i2}{INDENT}self.drop = nn.Dropout(dropout)",
+            f"{i2}self.pool = {self.nn('MaxPool')}(kernel_size=2, stride=2)",
+        ]
+        return out
+
+    def transition_up(self) -> list[str]:
+        i2 = INDENT * 2
+        return [
+            "class TransitionUp(nn.Module):",
+            f'{INDENT}"""A 3x3 stride-2 transposed convolution, centre-cropped to the size of the kept',
+            f'{INDENT}feature maps `skip`, then concatenated with them: FC-DenseNet\'s way up."""',
+            "",
+            f"{INDENT}def __init__(self, channels: int) -> None:",
+            f"{i2}super().__init__()",
+            f"{i2}self.conv = {self.nn('ConvTranspose')}(channels, channels, kernel_size=3, stride=2)",
+            "",
+            f"{INDENT}def forward(self, x: Tensor, skip: Tensor) -> Tensor:",
+            f"{i2}x = self.conv(x)",
+            f"{i2}size = skip.shape[2:]",
+            f"{i2}starts = [(a - b) // 2 for a, b in zip(x.shape[2:], size, strict=True)]",
+            f"{i2}x = x[(..., *(slice(s, s + n) for s, n in zip(starts, size, strict=True)))]",
+            f"{i2}return torch.cat([x, skip], 1)",
+        ]
+
+    def features(self) -> list[str]:
+        i2, i3 = INDENT * 2, INDENT * 3
+        return [
+            "class Features(nn.Sequential):",
+            f'{INDENT}"""The parts in order; `keeps` names the outputs kept for skip connections and',
+            f'{INDENT}`joins` the kept maps each transition up takes as its second input."""',
+            "",
+            f"{INDENT}def __init__(self, keeps: dict[str, list[str]], joins: dict[str, str]) -> None:",
+            f"{i2}super().__init__()",
+            f"{i2}self.keeps, self.joins = keeps, joins",
+            "",
+            f"{INDENT}def forward(self, x: Tensor) -> Tensor:",
+            f'{i2}kept = dict.fromkeys(self.keeps.get("", []), x)',
+            f"{i2}for name, module in self.named_children():",
+            f"{i3}x = module(x, kept[self.joins[name]]) if name in self.joins else module(x)",
+            f"{i3}for key in self.keeps.get(name, []):",
+            f"{i3}{INDENT}kept[key] = x",
+            f"{i2}return x",
+        ]
 
     def transition(self) -> list[str]:
         i2 = INDENT * 2
@@ -361,8 +434,8 @@ class _Writer:
         node = self.g.nodes[n]
         op, a, c_in = node["op"], node["args"], self.channels_in(n)
         if op == "conv":
-            args = [str(c_in), str(node["shape"][0]), *_window_args(a, conv=True), "bias=False"]
-            return self.nn("Conv"), args
+            args = [str(c_in), str(node["shape"][0]), *_window_args(a, conv=True)]
+            return self.nn("Conv"), args if a.get("bias") else [*args, "bias=False"]
         if op == "norm":
             return self.norm(str(c_in), a["kind"])
         if op == "act":
@@ -384,8 +457,8 @@ class _Writer:
 
     def network(self) -> list[str]:
         g = self.g
-        i2 = INDENT * 2
-        classes = g.nodes[self.head[0]]["shape"][0] if self.head else None
+        i2, i3 = INDENT * 2, INDENT * 3
+        classes = g.nodes["classifier"]["shape"][0] if "classifier" in g else None
         args = ["self"]
         if classes is not None:
             args.append(f"classes: int = {classes}")
@@ -402,11 +475,24 @@ class _Writer:
         out += _call(INDENT, "def __init__(", args, ") -> None:")
         out.append(f"{i2}super().__init__()")
         out.append(f"{i2}m = memory_efficient")
-        out.append(f"{i2}features = nn.Sequential()")
+        if self.up:
+            from .emit import _part
+
+            keeps: dict[str, list[str]] = {}
+            for (name, index), node in g.graph["kept"].items():
+                keeps.setdefault(_part(g, node), []).append(f'"{name}[{index}]"')
+            joins = {u: f'"{info["skip"]}"' for u, info in g.graph["units"].items() if info["kind"] == "transition_up"}
+            out.append(f"{i2}keeps = {{")
+            out += [f'{i3}"{k}": [{", ".join(v)}],' for k, v in keeps.items()]
+            out += [f"{i2}}}", f"{i2}joins = {{"]
+            out += [f'{i3}"{k}": {v},' for k, v in joins.items()]
+            out += [f"{i2}}}", f"{i2}features = Features(keeps, joins)"]
+        else:
+            out.append(f"{i2}features = nn.Sequential()")
         done: set[str] = set()
         for n in nx.topological_sort(g):
             node = g.nodes[n]
-            if node["module"] is None or node["op"] == "linear":
+            if node["module"] is None or n == "classifier":
                 continue
             unit = node["unit"]
             kind = g.graph["units"].get(unit, {}).get("kind")
@@ -420,8 +506,22 @@ class _Writer:
                     args.append(f"bottleneck={u['bottleneck']}")
                 if u["dropout"] > 0:
                     args.append(f"dropout={u['dropout']}")
+                if u["bias"]:
+                    args.append("bias=True")
                 args.append("memory_efficient=m")
+                if not u["concat_input"]:
+                    args.append("concat_input=False")
                 out += _call(i2, f"features.{unit} = DenseBlock(", args)
+            elif kind in ("transition_down", "transition_up"):
+                if unit in done:
+                    continue
+                done.add(unit)
+                u = g.graph["units"][unit]
+                args = [str(self.channels_in(n))]
+                if kind == "transition_down" and u["dropout"] > 0:
+                    args.append(f"dropout={u['dropout']}")
+                make = "TransitionDown" if kind == "transition_down" else "TransitionUp"
+                out += _call(i2, f"features.{unit} = {make}(", args)
             elif kind == "transition":
                 if unit in done:
                     continue
@@ -439,9 +539,11 @@ class _Writer:
                 make, args = self.module(n)
                 out += _call(i2, f"features.{n.split('.')[-1]} = {make}(", args)
         out.append(f"{i2}self.features = features")
-        if classes is not None:
-            (linear,) = self.head
-            out.append(f"{i2}self.classifier = nn.Linear({self.channels_in(linear)}, classes)")
+        if classes is not None and g.nodes["classifier"]["op"] == "linear":
+            out.append(f"{i2}self.classifier = nn.Linear({self.channels_in('classifier')}, classes)")
+        elif classes is not None:  # scores at every position
+            c_in = self.channels_in("classifier")
+            out.append(f"{i2}self.classifier = {self.nn('Conv')}({c_in}, classes, kernel_size=1)")
         out.append(f"{i2}initialise(self)")
         out += ["", f"{INDENT}def forward(self, x: Tensor) -> Tensor:"]
         if classes is not None:
@@ -483,7 +585,13 @@ class _Writer:
         ]
 
     def write(self) -> str:
-        sections = [self.dense_layer(), self.dense_block(), self.transition()]
+        sections = [self.dense_layer(), self.dense_block()]
+        if self.transitions:
+            sections.append(self.transition())
+        if self.down:
+            sections.append(self.transition_down())
+        if self.up:
+            sections += [self.transition_up(), self.features()]
         if any(self.g.nodes[n]["op"] == "global_pool" for n in self.g):
             sections.append(self.global_pool())
         if self.blur_pool_used:

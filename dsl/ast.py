@@ -136,6 +136,15 @@ class Setting:
 
 
 @dataclass(frozen=True, slots=True)
+class Keep:
+    """`keep NAME`: the current feature maps, appended to the list NAME for a later skip connection."""
+
+    name: str
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Section:
     """`stem ...` or `head ...`: a group of operations named as one part of the network."""
 
@@ -156,7 +165,7 @@ class Repeat:
     span: Span
 
 
-Statement = Input | Let | Memory | Setting | Section | Repeat | Call
+Statement = Input | Let | Memory | Setting | Keep | Section | Repeat | Call
 
 # ---- top level -----------------------------------------------------------------------------
 

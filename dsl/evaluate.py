@@ -26,6 +26,8 @@ def show(value: Any) -> str:
     """A value as the language writes it."""
     if isinstance(value, str):  # a choice: silu, group(8)
         return value
+    if isinstance(value, spec.Ref):
+        return f"{value.name}[{value.index}]"
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -50,6 +52,8 @@ def literal(value: Any) -> str:
 
 
 def kind_of(value: Any) -> str:
+    if isinstance(value, spec.Ref):
+        return "kept feature maps"
     if isinstance(value, str):
         return "an activation" if value in spec.ACTIVATIONS else "a normalization"
     if value is None:
@@ -183,9 +187,10 @@ class Scope:
     lets: dict[str, ast.Expr] = field(default_factory=dict)
     where: dict[str, Span] = field(default_factory=dict)
     parameters: set[str] = field(default_factory=set)
+    kept: dict[str, list] = field(default_factory=dict)  # `keep NAME` lists, one set for the whole network
 
     def child(self) -> Scope:
-        return Scope(dict(self.values), dict(self.lets), dict(self.where), self.parameters)
+        return Scope(dict(self.values), dict(self.lets), dict(self.where), self.parameters, self.kept)
 
 
 def evaluate(e: ast.Expr, scope: Scope, lookup: Callable[[ast.Name], Any] | None = None) -> Any:
@@ -200,6 +205,8 @@ def evaluate(e: ast.Expr, scope: Scope, lookup: Callable[[ast.Name], Any] | None
         if lookup is not None:
             return lookup(e)
         if e.id not in scope.values:
+            if e.id in scope.kept:  # feature maps kept with `keep`
+                return scope.kept[e.id]
             if e.id in CHOICES:  # `silu`, `instance`: names the language gives meaning
                 return e.id
             raise DnetError(
@@ -381,14 +388,20 @@ def bind_call(call: ast.Call, ops: dict[str, type[spec.Node]], scope: Scope, whe
                     help=f"write it as `name = {render(arg.value)}`",
                 )
         if name is None:
-            if i >= len(fields):
+            positional = model.positional_names()
+            if i >= len(positional):
+                named = [f for f in fields if f not in positional]
                 raise DnetError(
-                    f"`{call.op}` takes at most {len(fields)} argument{'s' if len(fields) != 1 else ''}"
-                    + (f" ({', '.join(fields)})" if fields else ""),
+                    f"`{call.op}` takes at most {len(positional)} argument{'s' if len(positional) != 1 else ''}"
+                    + (f" ({', '.join(positional)})" if positional else ""),
                     arg.span,
                     label="one too many",
+                    help=f"{', '.join(f'`{f}`' for f in named)} {'is' if len(named) == 1 else 'are'} given by name: "
+                    f"`{named[0]} = {render(arg.value)}`"
+                    if named
+                    else None,
                 )
-            name = fields[i]
+            name = positional[i]
         else:
             keyword_seen = True
             if name not in fields:

@@ -140,6 +140,8 @@ class _Printer:
             self.line(f"let {s.name} = {render(s.value)}", s.span, indent, first)
         elif isinstance(s, ast.Memory):
             self.line(f"memory {s.lowering}", s.span, indent, first)
+        elif isinstance(s, ast.Keep):
+            self.line(f"keep {s.name}", s.span, indent, first)
         elif isinstance(s, ast.Setting):
             self.line(f"{s.what} {render(s.value)}", s.span, indent, first)
         elif isinstance(s, ast.Call):

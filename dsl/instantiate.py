@@ -143,6 +143,16 @@ class _Body:
             self.memory = stmt.lowering
         elif isinstance(stmt, ast.Setting):
             self.setting(stmt, scope)
+        elif isinstance(stmt, ast.Keep):
+            if stmt.name in scope.values:
+                raise DnetError(
+                    f"`{stmt.name}` already names a value; kept feature maps need a name of their own",
+                    stmt.name_span,
+                    help=f"keep them as `{stmt.name}_maps` or another unused name",
+                )
+            kept = scope.kept.setdefault(stmt.name, [])
+            kept.append(spec.Ref(name=stmt.name, index=len(kept)))
+            self.add(spec.Keep(name=stmt.name, span=stmt.span))
         elif isinstance(stmt, ast.Section):
             ops = spec.STEM_OPS if stmt.kind == "stem" else spec.HEAD_OPS
             calls = [bind_call(c, ops, scope, f"a `{stmt.kind}`") for c in stmt.calls]

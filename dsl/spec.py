@@ -7,7 +7,7 @@ description is the help a user sees when a value is wrong.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.json_schema import SkipJsonSchema
@@ -58,23 +58,33 @@ class Node(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     span: SkipJsonSchema[Span | None] = Field(default=None, exclude=True, repr=False)
 
+    # fields given only by name: switches whose meaning a bare `true` would hide
+    keyword_only: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def argument_names(cls) -> list[str]:
         """The fields a call fills, in positional order."""
         return [n for n in cls.model_fields if n not in ("kind", "span")]
+
+    @classmethod
+    def positional_names(cls) -> list[str]:
+        """The fields a call may fill by position."""
+        return [n for n in cls.argument_names() if n not in cls.keyword_only]
 
 
 # ---- operations inside a stem or head ------------------------------------------------------
 
 
 class Conv(Node):
-    """A convolution without bias, as DenseNet uses throughout."""
+    """A convolution, without bias as DenseNet has it unless `bias = true` (FC-DenseNet)."""
 
     kind: Literal["conv"] = "conv"
+    keyword_only = ("bias",)
     kernel: Size = Field(description="the kernel size: `3` or `3x3` (one size per spatial dimension)")
     channels: PositiveInt = Field(description="the number of output channels, > 0")
     stride: Size = Field(default=1, description="the stride, > 0")
     padding: NonNegativeSize | None = Field(default=None, description="zero padding; by default kernel // 2")
+    bias: bool = Field(default=False, description="whether the convolution adds a learned bias per channel")
 
 
 class Norm(Node):
@@ -130,7 +140,16 @@ class Classifier(Node):
 
 
 StemOp = Annotated[Conv | Norm | ReLU | Act | MaxPool | AvgPool | BlurPool | Dropout, Field(discriminator="kind")]
-HeadOp = Annotated[Classifier, Field(discriminator="kind")]
+
+
+class PixelClassifier(Node):
+    """Segmentation's head: a 1x1 convolution (with bias) to one score per class at every position."""
+
+    kind: Literal["pixel_classifier"] = "pixel_classifier"
+    classes: PositiveInt = Field(description="the number of classes, > 0")
+
+
+HeadOp = Annotated[Classifier | PixelClassifier, Field(discriminator="kind")]
 
 # ---- the parts of a network ----------------------------------------------------------------
 
@@ -139,6 +158,7 @@ class DenseBlock(Node):
     """Layers each fed the concatenation of all earlier feature maps, each adding `growth` channels."""
 
     kind: Literal["dense"] = "dense"
+    keyword_only = ("bias", "concat_input")
     layers: PositiveInt = Field(
         le=MAX_LAYERS_PER_BLOCK, description=f"the number of layers in the block, 1 to {MAX_LAYERS_PER_BLOCK}"
     )
@@ -149,12 +169,49 @@ class DenseBlock(Node):
         "`none` for plain DenseNet layers",
     )
     dropout: Rate = 0.0
+    bias: bool = Field(default=False, description="whether the convolutions add a learned bias (FC-DenseNet)")
+    concat_input: bool = Field(
+        default=True,
+        description="whether the block's output holds its input as well as the new feature maps; `false` for "
+        "FC-DenseNet's bottleneck and upsampling blocks, whose new maps alone go on",
+    )
+
+
+class Ref(BaseModel):
+    """Feature maps kept with `keep NAME`: the `index`-th kept under that name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    index: int = Field(ge=0)
+
+
+class Keep(Node):
+    """`keep NAME`: remember the current feature maps (appended to the list NAME) for a later skip."""
+
+    kind: Literal["keep"] = "keep"
+    name: str
+
+
+class TransitionDown(Node):
+    """FC-DenseNet's transition down: BN-ReLU-Conv1x1 (all channels, bias)-Dropout-MaxPool 2."""
+
+    kind: Literal["transition_down"] = "transition_down"
+    dropout: Rate = 0.0
+
+
+class TransitionUp(Node):
+    """FC-DenseNet's transition up: a 3x3 stride-2 transposed convolution (bias) of the current feature
+    maps, centre-cropped to the size of the kept maps `skip`, then concatenated with them."""
+
+    kind: Literal["transition_up"] = "transition_up"
+    skip: Ref = Field(description="feature maps kept with `keep`, e.g. `skips[-1]`")
 
 
 class Transition(Node):
     """BN-ReLU-Conv1x1(floor(compression*C))-AvgPool2 (or a blur pool), between dense blocks."""
 
     kind: Literal["transition"] = "transition"
+    keyword_only = ("blur",)
     compression: float = Field(
         default=1.0,
         gt=0.0,
@@ -176,7 +233,9 @@ class Head(Node):
     ops: list[HeadOp]
 
 
-Part = Annotated[Stem | DenseBlock | Transition | Head, Field(discriminator="kind")]
+Part = Annotated[
+    Stem | DenseBlock | Transition | TransitionDown | TransitionUp | Keep | Head, Field(discriminator="kind")
+]
 
 
 class Input(Node):
@@ -216,8 +275,10 @@ class Network(Node):
 STEM_OPS: dict[str, type[Node]] = {
     m.model_fields["kind"].default: m for m in (Conv, Norm, ReLU, Act, MaxPool, AvgPool, BlurPool, Dropout)
 }
-HEAD_OPS: dict[str, type[Node]] = {m.model_fields["kind"].default: m for m in (Classifier,)}
-BODY_OPS: dict[str, type[Node]] = {m.model_fields["kind"].default: m for m in (DenseBlock, Transition)}
+HEAD_OPS: dict[str, type[Node]] = {m.model_fields["kind"].default: m for m in (Classifier, PixelClassifier)}
+BODY_OPS: dict[str, type[Node]] = {
+    m.model_fields["kind"].default: m for m in (DenseBlock, Transition, TransitionDown, TransitionUp)
+}
 
 
 SCHEMA_ID = "urn:dnetc:schema:network"

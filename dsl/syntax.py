@@ -63,10 +63,22 @@ def describe_expected(expected: set[str]) -> str:
         expected -= _OPERATORS
         words.append("an operator")
     if {"NAME", "RBRACE"} <= expected and "LET" in expected:
-        expected -= {"NAME", "LET", "INPUT", "REPEAT", "FOR", "STEM", "HEAD", "MEMORY", "NORMALIZATION", "ACTIVATION"}
+        expected -= {
+            "NAME",
+            "LET",
+            "INPUT",
+            "REPEAT",
+            "FOR",
+            "STEM",
+            "HEAD",
+            "MEMORY",
+            "NORMALIZATION",
+            "ACTIVATION",
+            "KEEP",
+        }
         words.append(
             "a statement (`input`, `let`, `stem`, `head`, `repeat`, `for`, `memory`, `normalization`, "
-            "`activation` or an operation)"
+            "`activation`, `keep` or an operation)"
         )
     words += sorted(describe_terminal(t) for t in expected)
     if not words:
@@ -183,6 +195,9 @@ class ToAst(Transformer_NonRecursive):
 
     def setting(self, meta: Meta, c: list) -> ast.Setting:
         return ast.Setting(str(c[0]), c[1], self._s(meta))
+
+    def keep(self, meta: Meta, c: list) -> ast.Keep:
+        return ast.Keep(str(c[0]), self._s(meta), self._s(c[0]))
 
     def section(self, meta: Meta, c: list) -> ast.Section:
         return ast.Section(str(c[0]), tuple(c[1:]), self._s(meta))

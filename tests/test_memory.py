@@ -22,6 +22,7 @@ REDUCED = {
     "densenet": {"depth": 10, "size": 16},
     "densenet_bc": {"depth": 16, "size": 16},
     "densenet_imagenet": {"blocks": [2, 2, 2, 2], "size": 64},
+    "fc_densenet": {"down": [2, 2], "middle": 2, "up": [2, 2], "size": 16},
 }
 
 

@@ -129,6 +129,11 @@ SOURCES = {
     "figure1": lambda: dsl.load("figure1"),
     "mixed": lambda: dsl.parse(MIXED),
     "volume": lambda: dsl.parse(VOLUME),
+    "fc_densenet103": lambda: dsl.load("fc_densenet103"),
+    "fc_densenet_small": lambda: dsl.parse(
+        'use fc_densenet from "fc_densenet.dnet"\nnetwork f = fc_densenet(down = [2], middle = 2, up = [2])',
+        str(dsl.zoo_dir() / "f.dnet"),
+    ),
     "blurred_group_silu": lambda: dsl.parse(BLURRED.replace("{\n", "{\n normalization group(2) activation silu\n", 1)),
     "blurred_3d_prelu": lambda: dsl.parse(BLURRED.replace("{\n", "{\n activation prelu\n", 1), dims=3, size=12),
 }
