@@ -78,11 +78,19 @@ def diagram(g: nx.DiGraph, detail: Detail = "auto") -> graphviz.Digraph:
     for c in clusters.values():
         dot.subgraph(c)
     seen = set()
+    skips = {
+        (info["skip_node"], f"features.{unit}.cat"): info["skip"]
+        for unit, info in g.graph["units"].items()
+        if info["kind"] == "transition_up"
+    }
     for u, v in g.edges:
         a, b = viz_id(u), viz_id(v)
         if a != b and (a, b) not in seen:
             seen.add((a, b))
-            dot.edge(a, b)
+            if (u, v) in skips:  # a skip connection: dashed, and free of the layout's ranks (the U shape)
+                dot.edge(a, b, label=skips[u, v], style="dashed", color="#4a7ab5", constraint="false")
+            else:
+                dot.edge(a, b)
     return dot
 
 

@@ -451,6 +451,13 @@ def field_error(
     value = values.get(name)
     span = arg.value.span if arg else call.span
     text = render(arg.value) if arg else name
+    if info is not None and info.annotation is spec.Ref:
+        hint = f"pick one: `{text}[-1]` is the last kept" if isinstance(value, list) else described
+        return DnetError(
+            f"`{name}` of `{call.op}` must be feature maps kept with `keep`, but `{text}` is {kind_of(value)}",
+            span,
+            help=hint,
+        )
     if first["type"] == "int_from_float":
         notes, fix = explain_non_integer(arg.value, scope) if arg else ([], None)
         return DnetError(

@@ -113,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
     )
     t = p.add_argument_group("training (defaults: the dataset's recipe, see runtime/datasets.toml)")
     t.add_argument(
-        "--train", metavar="DATASET", help="train on cifar10, cifar100, svhn, imagenet, folder, digits or fake"
+        "--train", metavar="DATASET", help="train on cifar10, cifar100, svhn, imagenet, folder, digits, shapes or fake"
     )
     t.add_argument("--data", metavar="DIR", help="where datasets live (default $DNETC_DATA or ~/.cache/dnetc/data)")
     t.add_argument(

@@ -37,7 +37,7 @@ class DataError(Exception):
 @dataclass
 class Split:
     images: Tensor  # uint8 (N, C, *S)
-    labels: Tensor  # int64 (N,)
+    labels: Tensor  # int64 (N,), or (N, *S) masks for segmentation
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -163,6 +163,8 @@ def load(
     root = Path(root) if root is not None else default_root()
     if name == "fake":
         train, test = _fake(info, shape or tuple(info["shape"]), info["classes"], seed)
+    elif name == "shapes":
+        train, test = _shapes(info, shape or tuple(info["shape"]), seed)
     elif name == "digits":
         train, test = _digits(info, seed)
     elif name.startswith("cifar"):
@@ -239,6 +241,38 @@ def _fake(info: dict, shape: tuple[int, ...], classes: int, seed: int) -> tuple[
         return Split(images, torch.randint(0, classes, (n,), generator=g))
 
     return split(info["train_size"]), split(info["test_size"])
+
+
+def _shapes(info: dict, shape: tuple[int, ...], seed: int) -> tuple[Split, Split]:
+    """Circles, squares and triangles (classes 1-3) on a noisy background (0), with their masks."""
+    if len(shape) != 3:
+        raise DataError(f"shapes are drawn in 2D; the network takes {len(shape) - 1}D input")
+    channels, height, width = shape
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(), indexing="ij")
+    side = min(height, width)
+
+    def draw(n: int) -> Split:
+        images = torch.randint(0, 64, (n, channels, height, width), generator=g, dtype=torch.uint8)
+        masks = torch.zeros(n, height, width, dtype=torch.long)
+        for i in range(n):
+            for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
+                kind = int(torch.randint(1, 4, (1,), generator=g))
+                r = float(torch.empty(1).uniform_(0.1, 0.25, generator=g)) * side
+                cx = float(torch.empty(1).uniform_(r, width - r, generator=g))
+                cy = float(torch.empty(1).uniform_(r, height - r, generator=g))
+                if kind == 1:
+                    inside = (x - cx) ** 2 + (y - cy) ** 2 <= r**2
+                elif kind == 2:
+                    inside = ((x - cx).abs() <= r * 0.8) & ((y - cy).abs() <= r * 0.8)
+                else:  # pointing up: as wide as it is tall
+                    inside = (y >= cy - r) & (y <= cy + r) & ((x - cx).abs() <= (y - (cy - r)) / 2)
+                colour = torch.randint(96, 256, (channels, 1), generator=g, dtype=torch.uint8)
+                images[i][:, inside] = colour
+                masks[i][inside] = kind
+        return Split(images, masks)
+
+    return draw(info["train_size"]), draw(info["test_size"])
 
 
 def _digits(info: dict, seed: int) -> tuple[Split, Split]:

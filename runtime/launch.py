@@ -20,7 +20,7 @@ from .data import class_count, load
 from .train import Config, Trainer, TrainingError, latest_checkpoint, resolve, run_dir
 from .weights import classifier_modules, load_into, sha256
 
-ADAPTS = ("digits", "fake", "imagenet", "folder")  # datasets that take the network's input size
+ADAPTS = ("digits", "fake", "imagenet", "folder", "shapes")  # datasets that take the network's input size
 
 
 def bind(
@@ -44,6 +44,16 @@ def bind(
         network = dsl.load(spec, overrides, **extra)
     g = compiler.build_graph(network)
     output = g.nodes[g.graph["output"]]["shape"]
+    if info.get("task") == "segmentation":
+        expected = (info["classes"], *g.nodes["input"]["shape"][1:])
+        if tuple(output) != expected:
+            raise dsl.DnetError(
+                f"{network.name} ends in {'x'.join(map(str, output))}, but segmenting {dataset} needs "
+                f"{'x'.join(map(str, expected))}: {info['classes']} class scores at every input position",
+                help="end the network with `head pixel_classifier(classes)`"
+                + (f" and --set classes={info['classes']}" if "classes" in params else ""),
+            )
+        return network, extra
     if len(output) != 1:  # a spec mistake for this use: exit 2 like every other
         raise dsl.DnetError(
             f"{network.name} ends in feature maps of shape {'x'.join(map(str, output))}, not class scores",
@@ -220,10 +230,12 @@ def _train(
         )
         return {**result, "folder": folder, "code": 1}
     name = _seed_name(dataset, config.augment)
-    say(
-        f"{name} test error {result['test_error']:.2f}% (accuracy {100 - result['test_error']:.2f}%) "
-        f"after {config.epochs} epochs; checkpoints in {folder / 'checkpoints'}"
+    score = (
+        f"test mIoU {result['test_miou']:.3f} (pixel error {result['test_error']:.2f}%)"
+        if "test_miou" in result
+        else f"test error {result['test_error']:.2f}% (accuracy {100 - result['test_error']:.2f}%)"
     )
+    say(f"{name} {score} after {config.epochs} epochs; checkpoints in {folder / 'checkpoints'}")
     return {**result, "folder": folder, "code": 0}
 
 
@@ -267,5 +279,8 @@ def evaluate(
             raise TrainingError(f"{path} does not fit {network.name}: {e}") from None
     loss, error = trainer.evaluate()
     name = _seed_name(dataset, config.augment) + (", ten crops" if ten_crop else "")
-    print(f"{name} test error {error:.2f}% (accuracy {100 - error:.2f}%, loss {loss:.4f}) of {path}")
+    if trainer.iou is not None:
+        print(f"{name} test mIoU {sum(trainer.iou) / len(trainer.iou):.3f} (pixel error {error:.2f}%) of {path}")
+    else:
+        print(f"{name} test error {error:.2f}% (accuracy {100 - error:.2f}%, loss {loss:.4f}) of {path}")
     return 0

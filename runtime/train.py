@@ -91,6 +91,8 @@ def check(config: Config, processes: int) -> None:
         )
     if config.sync_bn and processes > 1 and torch.device(config.device).type != "cuda":
         raise UsageError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
+    if config.augment and dataset(config.dataset).get("task") == "segmentation":
+        raise UsageError(f"{config.dataset} is a segmentation dataset: its masks are not augmented yet; drop --augment")
 
 
 def lr_at(config: Config, epoch: int, step: int, steps: int) -> float:
@@ -265,7 +267,7 @@ class Trainer:
                     total, correct, stops, saves = self.world.sum(
                         [total, correct, self.stop_requested, save_now and self.world.main], self.device
                     )
-                    correct, self.stop_agreed, save_now = int(correct), stops > 0, saves > 0
+                    self.stop_agreed, save_now = stops > 0, saves > 0
                 loss = total / batch
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
@@ -298,7 +300,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         pieces = list(zip(x.tensor_split(self.config.accumulate), y.tensor_split(self.config.accumulate), strict=True))
         pieces = [(xi, yi) for xi, yi in pieces if len(yi)]
-        total, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
+        total, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         for i, (xi, yi) in enumerate(pieces):
             # DDP averages the ranks' gradients: weigh each piece by its share of the global batch
             weight = len(yi) * self.world.size / batch
@@ -309,17 +311,20 @@ class Trainer:
                     loss = F.cross_entropy(out, yi)
                 self.scaler.scale(loss if weight == 1 else loss * weight).backward()
             total += loss.detach().float() * len(yi)
-            correct += (out.argmax(1) == yi).sum()
+            correct += _hits(out, yi)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return total.item(), int(correct)
+        return total.item(), correct.item()
 
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> tuple[float, float]:
         """Test (or validation) loss and error (%), no augmentation, eval mode."""
         self.model.eval()
         n = len(self.data.val if split == "val" else self.data.test)
-        loss, correct = 0.0, 0
+        loss, correct = 0.0, 0.0
+        classes = self.data.classes
+        segmentation = dataset(self.config.dataset).get("task") == "segmentation"
+        confusion = torch.zeros(classes * classes if segmentation else 0, dtype=torch.float64, device=self.device)
         for x, y in self.data.test_batches(self.world.share(n), split=split):  # each rank its share, summed
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             crops = self.data.crops
@@ -330,14 +335,18 @@ class Trainer:
             out = self.model(x).float()
             if crops > 1:
                 out = out.view(len(y), crops, -1).softmax(-1).mean(1).log()
-            loss += F.cross_entropy(out, y, reduction="sum").item()
-            correct += int((out.argmax(1) == y).sum())
+            loss += F.cross_entropy(out, y, reduction="sum").item() / (y[0].numel() if y.dim() > 1 else 1)
+            correct += float(_hits(out, y))
+            if segmentation:  # a confusion matrix of pixels, for the IoU of each class
+                confusion += torch.bincount((y * classes + out.argmax(1)).flatten(), minlength=classes**2)
         self.model.train()
-        loss, correct = self.world.sum([loss, correct], self.device)
+        loss, correct, *cells = self.world.sum([loss, correct, *confusion.tolist()], self.device)
+        self.iou = _iou(cells, classes) if segmentation else None
         return loss / n, 100.0 * (1 - correct / n)
 
     def _end_epoch(self, sums: dict[str, float], seconds: float, lr: float) -> dict[str, Any]:
         test_loss, test_error = self.evaluate()
+        scores = {} if self.iou is None else {"test_miou": sum(self.iou) / len(self.iou)}
         validated = getattr(self.data, "val", None) is not None
         val = dict(zip(("val_loss", "val_error"), self.evaluate("val"), strict=True)) if validated else {}
         record = {
@@ -348,6 +357,7 @@ class Trainer:
             "train_error": 100.0 * (1 - sums["correct"] / max(sums["seen"], 1)),
             "test_loss": test_loss,
             "test_error": test_error,
+            **scores,
             **val,
             "images_per_s": sums["seen"] / max(seconds, 1e-9),
             "data_fraction": sums["data_s"] / max(sums["step_s"], 1e-9),
@@ -371,9 +381,24 @@ class Trainer:
     def _line(self, r: dict[str, Any]) -> str:
         return (
             f"epoch {r['epoch']}/{self.config.epochs}  loss {r['train_loss']:.4f}  train err {r['train_error']:.2f}%  "
-            f"test err {r['test_error']:.2f}%  lr {r['lr']:.4g}  {r['images_per_s']:,.0f} img/s  "
+            f"test err {r['test_error']:.2f}%  "
+            + (f"mIoU {r['test_miou']:.3f}  " if "test_miou" in r else "")
+            + f"lr {r['lr']:.4g}  {r['images_per_s']:,.0f} img/s  "
             f"data {100 * r['data_fraction']:.1f}%"
         )
+
+
+def _hits(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Correct predictions, each sample counting 1: a label right, or the share of its pixels right."""
+    right = (out.argmax(1) == y).float()
+    return right.reshape(len(y), -1).mean(1).sum()
+
+
+def _iou(cells: list[float], classes: int) -> list[float]:
+    """Intersection over union of each class present in the labels or predictions, from a confusion matrix."""
+    m = torch.tensor(cells, dtype=torch.float64).view(classes, classes)
+    inter, union = m.diag(), m.sum(0) + m.sum(1) - m.diag()
+    return [float(i / u) for i, u in zip(inter, union, strict=True) if u > 0]
 
 
 class Progress:

@@ -34,8 +34,15 @@ def outputs_agree(path, model, shape) -> float:
 
 @pytest.mark.parametrize(
     "network",
-    [reduced("densenet_bc_100_12"), reduced("densenet121"), dsl.parse(VOLUME), reduced("figure1")],
-    ids=["densenet_bc", "densenet121", "3d", "figure1"],
+    [
+        reduced("densenet_bc_100_12"),
+        reduced("densenet121"),
+        dsl.parse(VOLUME),
+        reduced("figure1"),
+        reduced("fc_densenet103"),
+        dsl.load("densenet_bc", depth=16, norm="group(4)", act="silu"),
+    ],
+    ids=["densenet_bc", "densenet121", "3d", "figure1", "fc_densenet", "groupnorm-silu"],
 )
 def test_onnx_matches_the_module_at_any_batch(network, tmp_path):
     g = compiler.build_graph(network)
