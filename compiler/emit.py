@@ -9,13 +9,14 @@ from torch import nn
 
 from .modules import (
     BlurPool,
-    DenseBlock,
     DenseLayer,
     DenseNet,
     Features,
     GlobalAvgPool,
+    StemBlock,
     Transition,
     TransitionUp,
+    TwoWayDenseLayer,
     initialise,
 )
 
@@ -93,32 +94,41 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
     rank = len(g.nodes["input"]["shape"]) - 1
     features = Features()
     classifier: nn.Module | None = None
-    blocks: dict[str, DenseBlock] = {}
-    for n in nx.topological_sort(g):
+
+    def container(parent: nn.Module, name: str, unit: str) -> nn.Module:
+        """The module at `parent.name`, made on first use: the kind its name and unit call for."""
+        if name not in parent._modules:
+            info = g.graph["units"].get(unit, {})
+            if name.startswith("denseblock"):
+                made: nn.Module = block_class()
+                made.concat_input = info["concat_input"]
+            elif name.startswith("denselayer"):
+                made = TwoWayDenseLayer() if info.get("two_way") else DenseLayer()
+            elif name.startswith("transition_up"):
+                made = TransitionUp()
+            elif name.startswith("transition"):
+                made = Transition()
+            elif name == "stemblock":
+                made = StemBlock()
+            else:  # a Conv-BN-activation inside a two-way layer or the stem block
+                made = nn.Sequential()
+            parent.add_module(name, made)
+        return parent._modules[name]
+
+    for n in g.nodes:  # in the order the graph was built: topological, and each module's children in order
         node = g.nodes[n]
         if node["module"] is None:
             continue
         (pred,) = g.predecessors(n)
         module = FACTORIES[node["op"]](node, g.nodes[pred]["shape"][0], rank)
         path = node["module"].split(".")
-        unit, leaf = node["unit"], path[-1]
         if path == ["classifier"]:
             classifier = module
-        elif unit.startswith("denseblock"):
-            block = blocks.get(unit)
-            if block is None:
-                block = blocks[unit] = block_class()
-                block.concat_input = g.graph["units"][unit]["concat_input"]
-                features.add_module(unit, block)
-            if node["layer"] not in block:
-                block[node["layer"]] = DenseLayer()
-            block[node["layer"]].add_module(leaf, module)
-        elif unit.startswith("transition"):
-            if not hasattr(features, unit):
-                features.add_module(unit, TransitionUp() if unit.startswith("transition_up") else Transition())
-            getattr(features, unit).add_module(leaf, module)
-        else:
-            features.add_module(leaf, module)
+            continue
+        parent: nn.Module = features
+        for name in path[1:-1]:
+            parent = container(parent, name, node["unit"])
+        parent.add_module(path[-1], module)
     for (name, index), n in g.graph["kept"].items():
         features.keeps.setdefault(_part(g, n), []).append(f"{name}[{index}]")
     for unit, info in g.graph["units"].items():

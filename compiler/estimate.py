@@ -90,6 +90,14 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
     held: dict[str, set[str]] = {}  # unit -> storages held by the lowering itself
     for (unit, _), nodes in layers.items() if lowering != "naive" else ():
         convs = [i for i, n in enumerate(nodes) if g.nodes[n]["op"] == "conv"]
+        if g.graph["units"][unit].get("two_way"):  # PeleeNet's layers
+            if lowering == "checkpoint":  # concat and both 1x1 Conv-BN-activations recomputed
+                skip.update(n for n in nodes if n.endswith(".cat") or ".branch1a." in n or ".branch2a." in n)
+                held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, nodes[0]))
+            else:  # shared: the buffer alone; each layer is recomputed from it
+                skip.update(nodes)
+                held.setdefault(unit, set()).add(f"features.{unit}.cat")
+            continue
         if lowering == "checkpoint":  # concat+BN+ReLU+conv1 save nothing; the checkpoint holds the inputs
             skip.update(nodes[: convs[0] + 1])
             held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, nodes[0]))

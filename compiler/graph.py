@@ -73,11 +73,59 @@ class _Builder:
         }
         seen: dict[str, int] = {}
         for op in part.ops:
+            if isinstance(op, spec.StemBlock):
+                self.stem_block(op)
+                continue
             base = names[op.kind]
             seen[base] = seen.get(base, 0) + 1
             name = f"{base}0" if seen[base] == 1 else f"{base}0_{seen[base]}"
             kind = "act" if op.kind in ("relu", "act") else op.kind
             self.chain(f"{ROOT}.{name}", kind, "stem", op.span, **self.args(op))
+
+    def conv_norm_act(self, path: str, unit: str, span, layer: str | None = None, **conv) -> str:
+        """Conv-BN-activation, as PeleeNet orders them: `path.conv`, `path.norm`, `path.relu`."""
+        rank = self.rank
+        kernel = conv.pop("kernel")
+        stride = conv.pop("stride", 1)
+        padding = tuple(k // 2 for k in (kernel,) * rank)
+        args = {"kernel": (kernel,) * rank, "stride": (stride,) * rank, "padding": padding, **conv}
+        self.chain(f"{path}.conv", "conv", unit, span, layer, **args)
+        self.chain(f"{path}.norm", "norm", unit, span, layer, **self.norm)
+        return self.chain(f"{path}.relu", "act", unit, span, layer, **self.act)
+
+    def stem_block(self, op: spec.StemBlock) -> None:
+        """PeleeNet's stem block: 3x3/2 conv; a 2x2/2 max pool beside 1x1 and 3x3/2 convs; concat; 1x1."""
+        p, c = f"{ROOT}.stemblock", op.channels
+        if c < 2:
+            raise DnetError("a stem block needs at least 2 channels (its branch has half)", op.span)
+        first = self.conv_norm_act(f"{p}.stem1", "stem", op.span, kernel=3, stride=2, channels=c)
+        self.conv_norm_act(f"{p}.stem2a", "stem", op.span, kernel=1, channels=c // 2)
+        branch = self.conv_norm_act(f"{p}.stem2b", "stem", op.span, kernel=3, stride=2, channels=c)
+        two, zero = (2,) * self.rank, (0,) * self.rank
+        pool = self.node(f"{p}.pool", "maxpool", "stem", op.span, kernel=two, stride=two, padding=zero)
+        self.g.add_edge(first, pool, index=0)
+        self.concat(f"{p}.cat", [pool, branch], "stem", op.span)
+        self.conv_norm_act(f"{p}.stem3", "stem", op.span, kernel=1, channels=c)
+
+    def two_way_layer(self, part: spec.DenseBlock, p: str, unit: str, layer: str) -> None:
+        """PeleeNet's two-way dense layer: 1x1-3x3 and 1x1-3x3-3x3 branches of growth/2 maps each; the
+        1x1 width follows the paper's rule (channels_in caps it), worked out once shapes are known."""
+        if part.dropout > 0 or part.bias or part.bottleneck is None or part.growth < 2 or part.growth % 2:
+            raise DnetError(
+                "a two-way dense layer takes an even growth rate of at least 2 and a bottleneck width, "
+                "and no dropout or bias",
+                part.span,
+                help="as PeleeNet: dense(layers, 32, bottleneck = 4, two_way = true)",
+            )
+        start, half = self.last, part.growth // 2
+        inter = {"channels": 0, "inter": {"growth": half, "width": part.bottleneck}}
+        self.conv_norm_act(f"{p}.branch1a", unit, part.span, layer, kernel=1, **inter)
+        one = self.conv_norm_act(f"{p}.branch1b", unit, part.span, layer, kernel=3, channels=half)
+        self.last = start
+        self.conv_norm_act(f"{p}.branch2a", unit, part.span, layer, kernel=1, **inter)
+        self.conv_norm_act(f"{p}.branch2b", unit, part.span, layer, kernel=3, channels=half)
+        two = self.conv_norm_act(f"{p}.branch2c", unit, part.span, layer, kernel=3, channels=half)
+        self.concat(f"{p}.new", [one, two], unit, part.span, layer)
 
     def args(self, op: spec.Node) -> dict:
         if isinstance(op, spec.Conv):
@@ -123,6 +171,7 @@ class _Builder:
             "dropout": part.dropout,
             "concat_input": part.concat_input,
             "bias": part.bias,
+            "two_way": part.two_way,
         }
         prefix = f"{ROOT}.{unit}"
         features = [self.last]
@@ -130,6 +179,10 @@ class _Builder:
             layer = f"denselayer{i}"
             p = f"{prefix}.{layer}"
             self.concat(f"{p}.cat", list(features), unit, part.span, layer)
+            if part.two_way:
+                self.two_way_layer(part, p, unit, layer)
+                features.append(self.last)
+                continue
             convs = (
                 [("1", {"channels": part.bottleneck * part.growth, "kernel": (1,) * self.rank})]
                 if part.bottleneck
@@ -163,27 +216,28 @@ class _Builder:
             "compression": part.compression,
             "dropout": part.dropout,
             "blur": part.blur,
+            "conv_first": part.conv_first,
+            "pool": part.pool,
         }
         p = f"{ROOT}.{unit}"
-        one, two = (1,) * self.rank, (2,) * self.rank
-        self.chain(f"{p}.norm", "norm", unit, part.span, **self.norm)
-        self.chain(f"{p}.relu", "act", unit, part.span, **self.act)
-        self.chain(
-            f"{p}.conv",
-            "conv",
-            unit,
-            part.span,
-            compression=part.compression,
-            kernel=one,
-            stride=one,
-            padding=(0,) * self.rank,
-        )
+        one, two, zero = (1,) * self.rank, (2,) * self.rank, (0,) * self.rank
+        conv = {"compression": part.compression, "kernel": one, "stride": one, "padding": zero}
+        if part.conv_first:  # PeleeNet: Conv-BN-activation
+            self.chain(f"{p}.conv", "conv", unit, part.span, **conv)
+            self.chain(f"{p}.norm", "norm", unit, part.span, **self.norm)
+            self.chain(f"{p}.relu", "act", unit, part.span, **self.act)
+        else:
+            self.chain(f"{p}.norm", "norm", unit, part.span, **self.norm)
+            self.chain(f"{p}.relu", "act", unit, part.span, **self.act)
+            self.chain(f"{p}.conv", "conv", unit, part.span, **conv)
         if part.dropout > 0:
             self.chain(f"{p}.drop", "dropout", unit, part.span, p=part.dropout)
+        if not part.pool:
+            return
         if part.blur:
             self.chain(f"{p}.pool", "blurpool", unit, part.span, **_blur(3, 2, self.rank))
         else:
-            self.chain(f"{p}.pool", "avgpool", unit, part.span, kernel=two, stride=two, padding=(0,) * self.rank)
+            self.chain(f"{p}.pool", "avgpool", unit, part.span, kernel=two, stride=two, padding=zero)
 
     def keep(self, part: spec.Keep) -> None:
         kept = self.g.graph["kept"]
@@ -223,6 +277,12 @@ class _Builder:
         n = blocks + 1
         self.g.graph["units"]["head"] = {"kind": "head"}
         for op in part.ops:
+            if isinstance(op, spec.LinearClassifier):  # pool, dropout, linear: the network ends normalised
+                self.chain(f"{ROOT}.pool{n}", "global_pool", "head", op.span)
+                if op.dropout > 0:
+                    self.chain(f"{ROOT}.drop{n}", "dropout", "head", op.span, p=op.dropout)
+                self.chain("classifier", "linear", "head", op.span, channels=op.classes)
+                continue
             if isinstance(op, spec.PixelClassifier):  # a 1x1 convolution: scores at every position
                 one = (1,) * self.rank
                 self.chain(

@@ -15,6 +15,8 @@ exactly what the naive block computes, with the same parameters, names and RNG d
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .modules import DenseBlock, DenseLayer, Stage
+from .modules import DenseBlock, DenseLayer, Stage, TwoWayDenseLayer
 
 
 def _recomputed_norm(norm: nn.Module, x: Tensor) -> Tensor:
@@ -33,6 +35,22 @@ def _recomputed_norm(norm: nn.Module, x: Tensor) -> Tensor:
         return norm(x)
     training = norm.training or norm.running_mean is None
     return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, training, 0.0, norm.eps)
+
+
+@contextlib.contextmanager
+def _frozen_statistics(module: nn.Module) -> Iterator[None]:
+    """Batch norms inside `module` normalise as in training but leave their running statistics (and
+    count) as they are: for a recomputation of what the forward pass already accounted for."""
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def _fast(stage: Stage) -> bool:
@@ -56,7 +74,19 @@ class CheckpointDenseBlock(DenseBlock):
         return torch.cat(features if self.concat_input else features[1:], 1)
 
     @staticmethod
-    def _layer(layer: DenseLayer, features: list[Tensor]) -> Tensor:
+    def _layer(layer: DenseLayer | TwoWayDenseLayer, features: list[Tensor]) -> Tensor:
+        if isinstance(layer, TwoWayDenseLayer):  # concat and both 1x1 Conv-BN-activations recomputed
+            fresh_two = [True]
+
+            def entry(*inputs: Tensor) -> tuple[Tensor, Tensor]:
+                x = torch.cat(inputs, 1)
+                with contextlib.nullcontext() if fresh_two[0] else _frozen_statistics(layer):
+                    out = layer.branch1a(x), layer.branch2a(x)
+                fresh_two[0] = False
+                return out
+
+            a, b = checkpoint(entry, *features, use_reentrant=False)
+            return torch.cat([layer.branch1b(a), layer.branch2c(layer.branch2b(b))], 1)
         first, *rest = layer.stages()
         fresh = [True]
 
@@ -97,8 +127,12 @@ class SharedDenseBlock(DenseBlock):
     """Keeps the block's features in one buffer and recomputes BN+ReLU in the backward pass."""
 
     def forward(self, x: Tensor) -> Tensor:
-        grad = _needs_backward(x, self)
-        out = _SharedBlock.apply(self, x, *_parameters(self)) if grad else self._run(x, None)
+        if any(isinstance(layer, TwoWayDenseLayer) for layer in self.values()):
+            out = _SharedLayersBlock.apply(self, x, *self.parameters()) if _needs_backward(x, self) else None
+            out = out if out is not None else _SharedLayersBlock.run(self, x)
+        else:
+            grad = _needs_backward(x, self)
+            out = _SharedBlock.apply(self, x, *_parameters(self)) if grad else self._run(x, None)
         return out if self.concat_input else out[:, x.shape[1] :]
 
     def _run(self, x: Tensor, record: dict[str, Any] | None) -> Tensor:
@@ -140,6 +174,65 @@ class SharedDenseBlock(DenseBlock):
                 record["rng"].append(states)
         assert buffer is not None
         return buffer
+
+
+class _SharedLayersBlock(torch.autograd.Function):
+    """The shared buffer for layers of any shape (PeleeNet's two-way layers): the forward pass writes
+    each layer's new maps into the buffer and keeps nothing else; the backward pass recomputes one
+    layer at a time from the buffer in a small autograd graph, its batch statistics frozen."""
+
+    @staticmethod
+    def run(block: DenseBlock, x: Tensor) -> Tensor:
+        buffer: Tensor | None = None
+        position = c0 = x.shape[1]
+        for layer in block.values():
+            h = layer([x if buffer is None else buffer[:, :position]])
+            if buffer is None:
+                total = c0 + len(block) * h.shape[1]
+                buffer = x.new_empty((x.shape[0], total, *x.shape[2:]), dtype=torch.promote_types(x.dtype, h.dtype))
+                buffer = buffer.contiguous(memory_format=_memory_format(x))
+                buffer[:, :c0] = x
+            buffer[:, position : position + h.shape[1]] = h
+            position += h.shape[1]
+        assert buffer is not None
+        return buffer
+
+    @staticmethod
+    def forward(ctx: Any, block: DenseBlock, x: Tensor, *params: Tensor) -> Tensor:
+        device = x.device.type
+        ctx.block, ctx.input_channels, ctx.input_dtype = block, x.shape[1], x.dtype
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        with torch.no_grad():
+            buffer = _SharedLayersBlock.run(block, x)
+        ctx.save_for_backward(buffer)
+        return buffer
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (buffer,) = ctx.saved_tensors
+        block: DenseBlock = ctx.block
+        device, autocast_on, autocast_dtype = ctx.autocast
+        params = list(block.parameters())
+        grads = {p: torch.zeros_like(p) for p in params}
+        shared_grad = grad.clone(memory_format=_memory_format(buffer))
+        layers = list(block.values())
+        growth = (buffer.shape[1] - ctx.input_channels) // len(layers)
+        for li in reversed(range(len(layers))):
+            layer, position = layers[li], ctx.input_channels + li * growth
+            source = buffer[:, :position].detach()
+            source = (source.to(ctx.input_dtype) if li == 0 else source).requires_grad_()
+            own = [p for p in layer.parameters() if p.requires_grad]
+            with torch.enable_grad(), _frozen_statistics(layer):
+                with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on):
+                    h = layer([source])
+                g_source, *g_params = torch.autograd.grad(
+                    h, [source, *own], shared_grad[:, position : position + growth]
+                )
+            shared_grad[:, :position] += g_source.to(shared_grad.dtype)
+            for p, gp in zip(own, g_params, strict=True):
+                grads[p] += gp
+        grad_x = shared_grad[:, : ctx.input_channels].to(ctx.input_dtype)
+        return (None, grad_x, *[grads[p] for p in params])
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:

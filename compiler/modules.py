@@ -42,6 +42,24 @@ class DenseLayer(nn.Module):
         return out
 
 
+class TwoWayDenseLayer(nn.Module):
+    """PeleeNet's dense layer: a 1x1-3x3 branch and a 1x1-3x3-3x3 branch, each Conv-BN-activation
+    (`branch1a` ... `branch2c`), of growth/2 new maps each, over the earlier features' concatenation."""
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = torch.cat(features, 1)
+        return torch.cat([self.branch1b(self.branch1a(x)), self.branch2c(self.branch2b(self.branch2a(x)))], 1)
+
+
+class StemBlock(nn.Module):
+    """PeleeNet's stem block: `stem1` (3x3/2); `pool` (2x2/2) beside `stem2a` (1x1) and `stem2b` (3x3/2);
+    their concatenation through `stem3` (1x1). Each stem conv is Conv-BN-activation."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem1(x)
+        return self.stem3(torch.cat([self.pool(x), self.stem2b(self.stem2a(x))], 1))
+
+
 class DenseBlock(nn.ModuleDict):
     """Feeds every layer the feature maps of all earlier layers; returns their concatenation (without
     the block's input when `concat_input` is off, as FC-DenseNet's up path has it)."""

@@ -36,6 +36,18 @@ def _window(node: dict, shape: Shape) -> Shape:
 def _conv(node: dict, ins: list[Shape]) -> Shape:
     (shape,) = ins
     a = node["args"]
+    if "inter" in a:  # PeleeNet's two-way layer: the 1x1 width, capped at half the input (as its code)
+        half, width = a["inter"]["growth"], a["inter"]["width"]
+        a["channels"] = int(half * width / 4) * 4
+        if a["channels"] > shape[0] / 2:
+            a["channels"] = int(shape[0] / 8) * 4
+        if a["channels"] < 1:
+            raise DnetError(
+                f"a two-way dense layer's 1x1 convolutions get no channels from {shape[0]} input channels "
+                f"(growth {2 * half}, bottleneck width {width})",
+                node["span"],
+                help="raise the growth rate, the bottleneck width, or the channels entering the block",
+            )
     if "compression" in a:  # a transition keeps floor(θ·C) channels
         a["channels"] = math.floor(a["compression"] * shape[0])
         if a["channels"] < 1:

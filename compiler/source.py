@@ -61,6 +61,10 @@ def _window_args(a: dict, conv: bool) -> list[str]:
     return out
 
 
+class SourceError(Exception):
+    """A network that the standalone source does not express yet: says which construct."""
+
+
 class _Writer:
     def __init__(self, g: nx.DiGraph, memory_efficient: bool, overrides: list[str], tool: str) -> None:
         self.g = g
@@ -80,6 +84,15 @@ class _Writer:
         kinds = {u["kind"] for u in g.graph["units"].values()}
         self.down, self.up = "transition_down" in kinds, "transition_up" in kinds
         self.transitions = "transition" in kinds
+        self.two_way = any(u.get("two_way") for u in blocks)
+        if self.two_way and not all(u.get("two_way") for u in blocks):
+            raise SourceError("standalone source for a network that mixes two-way and plain dense layers")
+        transitions = [u for u in g.graph["units"].values() if u["kind"] == "transition"]
+        self.conv_first = {bool(u.get("conv_first")) for u in transitions}
+        if len(self.conv_first) > 1:
+            raise SourceError("standalone source for a network that mixes Conv-BN-ReLU and BN-ReLU-Conv transitions")
+        self.no_pool = any(not u.get("pool", True) for u in transitions)
+        self.stem_block_used = any(n.startswith("features.stemblock.") for n in g)
         self.normalization = g.graph["network"].normalization
         self.activation = g.graph["network"].activation
 
@@ -115,12 +128,21 @@ class _Writer:
         ]
         return [*_wrap_text(lines), ""]
 
+    @property
+    def uses_functional(self) -> bool:
+        return (self.normalization == "batch" and not self.two_way) or self.blur_pool_used
+
     def imports(self) -> list[str]:
-        lines = ["from __future__ import annotations", "", "import hashlib", "import io"]
+        lines = ["from __future__ import annotations", ""]
+        lines += (
+            ["import contextlib", "import hashlib", "import io"] if self.two_way else ["import hashlib", "import io"]
+        )
         lines += ["import math", ""] if self.blur_pool_used else [""]
+        if self.two_way:
+            lines[-1:-1] = ["from collections.abc import Iterator"]
         lines += [
             "import torch",
-            *(["import torch.nn.functional as F"] if self.normalization == "batch" or self.blur_pool_used else []),
+            *(["import torch.nn.functional as F"] if self.uses_functional else []),
             "from torch import Tensor, nn",
             "from torch.utils.checkpoint import checkpoint",
         ]
@@ -299,7 +321,8 @@ class _Writer:
         if self.concat_flags:
             out.append(f"{i2}self.concat_input = concat_input")
         out.append(f"{i2}for i in range(layers):")
-        out += _call(i3, 'self[f"denselayer{i + 1}"] = DenseLayer(', passed)
+        layer = "TwoWayDenseLayer" if self.two_way else "DenseLayer"
+        out += _call(i3, f'self[f"denselayer{{i + 1}}"] = {layer}(', passed)
         out += [
             "",
             f"{INDENT}def forward(self, x: Tensor) -> Tensor:",
@@ -378,19 +401,139 @@ class _Writer:
             f'{INDENT}"""BN-ReLU-Conv(1x1) to `out_channels` (compression), then 2x average pooling."""',
             "",
         ]
+        if self.no_pool:
+            args.append("pool: bool = True")
         out += _call(INDENT, "def __init__(", args, ") -> None:")
         out.append(f"{i2}super().__init__()")
-        out += self.stage(i2, "", "in_channels", "out_channels", ["kernel_size=1"], None)
+        stage = self.stage(i2, "", "in_channels", "out_channels", ["kernel_size=1"], None)
+        if True in self.conv_first:  # Conv-BN-activation, as PeleeNet
+            out[1] = f'{INDENT}"""Conv(1x1)-BN-ReLU to `out_channels`, then 2x average pooling."""'
+            stage = stage[2:] + stage[:2]
+        out += stage
         if self.transition_dropout:
             out.append(f"{i2}if dropout:")
             out.append(f"{i2}{INDENT}self.drop = nn.Dropout(dropout)")
         average = f"{self.nn('AvgPool')}(kernel_size=2, stride=2)"
-        if self.blur:
+        if self.no_pool:
+            out += [f"{i2}if pool:", f"{i2}{INDENT}self.pool = {average}"]
+        elif self.blur:
             out += [f"{i2}if blur:", f"{i2}{INDENT}self.pool = BlurPool(out_channels)", f"{i2}else:"]
             out.append(f"{i2}{INDENT}self.pool = {average}")
         else:
             out.append(f"{i2}self.pool = {average}")
         return out
+
+    def conv_norm_act(self) -> list[str]:
+        i2 = INDENT * 2
+        norm, norm_args = self.norm("out_channels")
+        act, act_args = self.act()
+        return [
+            "class ConvNormAct(nn.Sequential):",
+            f'{INDENT}"""Conv-BN-activation, in PeleeNet\'s order."""',
+            "",
+            *_call(
+                INDENT,
+                "def __init__(",
+                ["self", "in_channels: int", "out_channels: int", "kernel: int", "stride: int = 1"],
+                ") -> None:",
+            ),
+            f"{i2}super().__init__()",
+            *_call(
+                i2,
+                f"self.conv = {self.nn('Conv')}(",
+                ["in_channels", "out_channels", "kernel", "stride", "padding=kernel // 2", "bias=False"],
+            ),
+            f"{i2}self.norm = {norm}({', '.join(norm_args)})",
+            f"{i2}self.relu = {act}({', '.join(act_args)})",
+        ]
+
+    def two_way_layer(self) -> list[str]:
+        i2, i3, i4 = INDENT * 2, INDENT * 3, INDENT * 4
+        return [
+            "class TwoWayDenseLayer(nn.Module):",
+            f'{INDENT}"""PeleeNet\'s dense layer: a 1x1-3x3 and a 1x1-3x3-3x3 branch of growth/2 maps each',
+            f'{INDENT}over the concatenation of all earlier feature maps of the block."""',
+            "",
+            *_call(
+                INDENT,
+                "def __init__(",
+                ["self", "in_channels: int", "growth: int", "bottleneck: int", "memory_efficient: bool = False"],
+                ") -> None:",
+            ),
+            f"{i2}super().__init__()",
+            f"{i2}half = growth // 2",
+            f"{i2}width = int(half * bottleneck / 4) * 4",
+            f"{i2}if width > in_channels / 2:  # the paper's cap: at most half the input",
+            f"{i3}width = int(in_channels / 8) * 4",
+            f"{i2}self.branch1a = ConvNormAct(in_channels, width, 1)",
+            f"{i2}self.branch1b = ConvNormAct(width, half, 3)",
+            f"{i2}self.branch2a = ConvNormAct(in_channels, width, 1)",
+            f"{i2}self.branch2b = ConvNormAct(width, half, 3)",
+            f"{i2}self.branch2c = ConvNormAct(half, half, 3)",
+            f"{i2}self.memory_efficient = memory_efficient",
+            "",
+            f"{INDENT}def forward(self, features: list[Tensor]) -> Tensor:",
+            f"{i2}if self.memory_efficient and torch.is_grad_enabled():",
+            f"{i3}a, b = self.entry_recomputed(features)",
+            f"{i2}else:",
+            f"{i3}x = torch.cat(features, 1)",
+            f"{i3}a, b = self.branch1a(x), self.branch2a(x)",
+            f"{i2}return torch.cat([self.branch1b(a), self.branch2c(self.branch2b(b))], 1)",
+            "",
+            f"{INDENT}def entry_recomputed(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:",
+            f'{i2}"""Concat and both 1x1 Conv-BN-activations, recomputed in the backward pass with',
+            f'{i2}the batch statistics frozen, instead of stored (Pleiss et al. 2017)."""',
+            f"{i2}first = True",
+            "",
+            f"{i2}def entry(*inputs: Tensor) -> tuple[Tensor, Tensor]:",
+            f"{i3}nonlocal first",
+            f"{i3}x = torch.cat(inputs, 1)",
+            f"{i3}with contextlib.nullcontext() if first else frozen_statistics(self):",
+            f"{i4}out = self.branch1a(x), self.branch2a(x)",
+            f"{i3}first = False",
+            f"{i3}return out",
+            "",
+            f"{i2}return checkpoint(entry, *features, use_reentrant=False)",
+        ]
+
+    def frozen_statistics(self) -> list[str]:
+        i2, i3 = INDENT * 2, INDENT * 3
+        return [
+            "@contextlib.contextmanager",
+            "def frozen_statistics(module: nn.Module) -> Iterator[None]:",
+            f'{INDENT}"""Batch norms that normalise as in training but keep their running statistics."""',
+            f"{INDENT}batch_norm = nn.modules.batchnorm._BatchNorm",
+            f"{INDENT}norms = [m for m in module.modules() if isinstance(m, batch_norm)]",
+            f"{INDENT}saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]",
+            f"{INDENT}for m in norms:",
+            f"{i2}m.momentum = 0.0",
+            f"{INDENT}try:",
+            f"{i2}yield",
+            f"{INDENT}finally:",
+            f"{i2}for m, (momentum, count) in zip(norms, saved, strict=True):",
+            f"{i3}m.momentum = momentum",
+            f"{i3}m.num_batches_tracked.copy_(count)",
+        ]
+
+    def stem_block(self) -> list[str]:
+        i2 = INDENT * 2
+        return [
+            "class StemBlock(nn.Module):",
+            f'{INDENT}"""PeleeNet\'s stem: a stride-2 3x3 conv, then a stride-2 max pool beside a 1x1-3x3',
+            f'{INDENT}(stride 2) branch, concatenated and fused by a 1x1 conv."""',
+            "",
+            f"{INDENT}def __init__(self, in_channels: int, channels: int) -> None:",
+            f"{i2}super().__init__()",
+            f"{i2}self.stem1 = ConvNormAct(in_channels, channels, 3, stride=2)",
+            f"{i2}self.stem2a = ConvNormAct(channels, channels // 2, 1)",
+            f"{i2}self.stem2b = ConvNormAct(channels // 2, channels, 3, stride=2)",
+            f"{i2}self.pool = {self.nn('MaxPool')}(kernel_size=2, stride=2)",
+            f"{i2}self.stem3 = ConvNormAct(2 * channels, channels, 1)",
+            "",
+            f"{INDENT}def forward(self, x: Tensor) -> Tensor:",
+            f"{i2}x = self.stem1(x)",
+            f"{i2}return self.stem3(torch.cat([self.pool(x), self.stem2b(self.stem2a(x))], 1))",
+        ]
 
     def blur_pool(self) -> list[str]:
         i2 = INDENT * 2
@@ -490,12 +633,18 @@ class _Writer:
         else:
             out.append(f"{i2}features = nn.Sequential()")
         done: set[str] = set()
-        for n in nx.topological_sort(g):
+        for n in g.nodes:
             node = g.nodes[n]
             if node["module"] is None or n == "classifier":
                 continue
             unit = node["unit"]
             kind = g.graph["units"].get(unit, {}).get("kind")
+            if n.startswith("features.stemblock."):
+                if "stemblock" not in done:
+                    done.add("stemblock")
+                    channels = g.nodes["features.stemblock.stem3.conv"]["shape"][0]
+                    out.append(f"{i2}features.stemblock = StemBlock({self.channels_in(n)}, {channels})")
+                continue
             if kind == "dense":
                 if unit in done:
                     continue
@@ -527,13 +676,13 @@ class _Writer:
                     continue
                 done.add(unit)
                 u = g.graph["units"][unit]
-                conv = next(m for m in g.successors(n) if m.endswith(".relu"))
-                conv = next(iter(g.successors(conv)))
-                args = [str(self.channels_in(n)), str(g.nodes[conv]["shape"][0])]
+                args = [str(self.channels_in(n)), str(g.nodes[f"features.{unit}.conv"]["shape"][0])]
                 if u["dropout"] > 0:
                     args.append(f"dropout={u['dropout']}")
                 if u["blur"]:
                     args.append("blur=True")
+                if not u["pool"]:
+                    args.append("pool=False")
                 out += _call(i2, f"features.{unit} = Transition(", args)
             else:
                 make, args = self.module(n)
@@ -585,7 +734,12 @@ class _Writer:
         ]
 
     def write(self) -> str:
-        sections = [self.dense_layer(), self.dense_block()]
+        if self.two_way:
+            sections = [self.conv_norm_act(), self.frozen_statistics(), self.two_way_layer(), self.dense_block()]
+            if self.stem_block_used:
+                sections.append(self.stem_block())
+        else:
+            sections = [self.dense_layer(), self.dense_block()]
         if self.transitions:
             sections.append(self.transition())
         if self.down:

@@ -29,6 +29,7 @@ def _op_text(g: nx.DiGraph, n: str) -> str:
         "maxpool": lambda: f"maxpool {k()}{stride}",
         "avgpool": lambda: f"avgpool {k()}{stride}",
         "blurpool": lambda: f"blurpool {k()}{stride}",
+        "conv_transpose": lambda: f"up-conv {k()}{stride}",
         "global_pool": lambda: "global avgpool",
         "linear": lambda: f"linear {node['shape'][0]}",
         "dropout": lambda: f"dropout {a['p']:g}",
@@ -83,6 +84,7 @@ def diagram(g: nx.DiGraph, detail: Detail = "auto") -> graphviz.Digraph:
         for unit, info in g.graph["units"].items()
         if info["kind"] == "transition_up"
     }
+    rising = _up_path(g, viz_id) if detail == "block" else {}
     for u, v in g.edges:
         a, b = viz_id(u), viz_id(v)
         if a != b and (a, b) not in seen:
@@ -90,8 +92,32 @@ def diagram(g: nx.DiGraph, detail: Detail = "auto") -> graphviz.Digraph:
             if (u, v) in skips:  # a skip connection: dashed, and free of the layout's ranks (the U shape)
                 dot.edge(a, b, label=skips[u, v], style="dashed", color="#4a7ab5", constraint="false")
             else:
-                dot.edge(a, b)
+                dot.edge(a, b, **({"constraint": "false"} if b in rising else {}))
+    for group in _rows(rising):  # the way up beside the way down, at the same resolution
+        with dot.subgraph() as row:
+            row.attr(rank="same")
+            for vid in group:
+                row.node(vid)
     return dot
+
+
+def _up_path(g: nx.DiGraph, viz_id: Callable[[str], str]) -> dict[str, str]:
+    """Each part after the first transition up -> the part of the way down at its resolution."""
+    out: dict[str, str] = {}
+    level = None
+    for unit, info in g.graph["units"].items():
+        if info["kind"] == "transition_up":
+            level = viz_id(info["skip_node"])
+        if level is not None:
+            out[unit] = level
+    return out
+
+
+def _rows(rising: dict[str, str]) -> list[list[str]]:
+    rows: dict[str, list[str]] = {}
+    for vid, level in rising.items():
+        rows.setdefault(level, [level]).append(vid)
+    return list(rows.values())
 
 
 def _label(g: nx.DiGraph, vid: str, members: list[str], row: dict | None, op_text: Callable) -> tuple[str, str]:

@@ -127,6 +127,14 @@ class BlurPool(Node):
     kernel: int = Field(default=3, ge=2, le=7, description="the binomial filter's size, 2 to 7 (3 in timm)")
 
 
+class StemBlock(Node):
+    """PeleeNet's stem block (Wang et al. 2018): a stride-2 3x3 conv, then a stride-2 max pool beside a
+    1x1-3x3 (stride 2) branch, concatenated and fused by a 1x1 conv; Conv-BN-activation throughout."""
+
+    kind: Literal["stem_block"] = "stem_block"
+    channels: PositiveInt = Field(description="the channels of its convolutions (32 in PeleeNet), > 1")
+
+
 class Dropout(Node):
     kind: Literal["dropout"] = "dropout"
     p: Rate = 0.0
@@ -139,7 +147,9 @@ class Classifier(Node):
     classes: PositiveInt = Field(description="the number of classes, > 0")
 
 
-StemOp = Annotated[Conv | Norm | ReLU | Act | MaxPool | AvgPool | BlurPool | Dropout, Field(discriminator="kind")]
+StemOp = Annotated[
+    Conv | Norm | ReLU | Act | MaxPool | AvgPool | BlurPool | StemBlock | Dropout, Field(discriminator="kind")
+]
 
 
 class PixelClassifier(Node):
@@ -149,7 +159,15 @@ class PixelClassifier(Node):
     classes: PositiveInt = Field(description="the number of classes, > 0")
 
 
-HeadOp = Annotated[Classifier | PixelClassifier, Field(discriminator="kind")]
+class LinearClassifier(Node):
+    """Global average pooling, dropout and a linear layer, after a network that ends normalised (PeleeNet)."""
+
+    kind: Literal["linear_classifier"] = "linear_classifier"
+    classes: PositiveInt = Field(description="the number of classes, > 0")
+    dropout: Rate = 0.0
+
+
+HeadOp = Annotated[Classifier | PixelClassifier | LinearClassifier, Field(discriminator="kind")]
 
 # ---- the parts of a network ----------------------------------------------------------------
 
@@ -158,7 +176,7 @@ class DenseBlock(Node):
     """Layers each fed the concatenation of all earlier feature maps, each adding `growth` channels."""
 
     kind: Literal["dense"] = "dense"
-    keyword_only = ("bias", "concat_input")
+    keyword_only = ("bias", "concat_input", "two_way")
     layers: PositiveInt = Field(
         le=MAX_LAYERS_PER_BLOCK, description=f"the number of layers in the block, 1 to {MAX_LAYERS_PER_BLOCK}"
     )
@@ -174,6 +192,11 @@ class DenseBlock(Node):
         default=True,
         description="whether the block's output holds its input as well as the new feature maps; `false` for "
         "FC-DenseNet's bottleneck and upsampling blocks, whose new maps alone go on",
+    )
+    two_way: bool = Field(
+        default=False,
+        description="PeleeNet's two-way dense layer: a 1x1-3x3 branch and a 1x1-3x3-3x3 branch of growth/2 "
+        "channels each, Conv-BN-activation; `bottleneck` is then PeleeNet's bottleneck width",
     )
 
 
@@ -211,7 +234,7 @@ class Transition(Node):
     """BN-ReLU-Conv1x1(floor(compression*C))-AvgPool2 (or a blur pool), between dense blocks."""
 
     kind: Literal["transition"] = "transition"
-    keyword_only = ("blur",)
+    keyword_only = ("blur", "conv_first", "pool")
     compression: float = Field(
         default=1.0,
         gt=0.0,
@@ -221,6 +244,8 @@ class Transition(Node):
     )
     dropout: Rate = 0.0
     blur: bool = Field(default=False, description="downsample with a blur pool (anti-aliased) instead of averaging")
+    conv_first: bool = Field(default=False, description="Conv-BN-activation, as PeleeNet, rather than BN-ReLU-Conv")
+    pool: bool = Field(default=True, description="whether it halves the resolution (PeleeNet's last does not)")
 
 
 class Stem(Node):
@@ -273,9 +298,11 @@ class Network(Node):
 
 # The operations a call may name, by where it stands.
 STEM_OPS: dict[str, type[Node]] = {
-    m.model_fields["kind"].default: m for m in (Conv, Norm, ReLU, Act, MaxPool, AvgPool, BlurPool, Dropout)
+    m.model_fields["kind"].default: m for m in (Conv, Norm, ReLU, Act, MaxPool, AvgPool, BlurPool, StemBlock, Dropout)
 }
-HEAD_OPS: dict[str, type[Node]] = {m.model_fields["kind"].default: m for m in (Classifier, PixelClassifier)}
+HEAD_OPS: dict[str, type[Node]] = {
+    m.model_fields["kind"].default: m for m in (Classifier, PixelClassifier, LinearClassifier)
+}
 BODY_OPS: dict[str, type[Node]] = {
     m.model_fields["kind"].default: m for m in (DenseBlock, Transition, TransitionDown, TransitionUp)
 }

@@ -40,9 +40,10 @@ def outputs_agree(path, model, shape) -> float:
         dsl.parse(VOLUME),
         reduced("figure1"),
         reduced("fc_densenet103"),
+        dsl.load("peleenet", blocks=[1, 1, 1, 1], size=64),
         dsl.load("densenet_bc", depth=16, norm="group(4)", act="silu"),
     ],
-    ids=["densenet_bc", "densenet121", "3d", "figure1", "fc_densenet", "groupnorm-silu"],
+    ids=["densenet_bc", "densenet121", "3d", "figure1", "fc_densenet", "peleenet", "groupnorm-silu"],
 )
 def test_onnx_matches_the_module_at_any_batch(network, tmp_path):
     g = compiler.build_graph(network)

@@ -130,6 +130,10 @@ SOURCES = {
     "mixed": lambda: dsl.parse(MIXED),
     "volume": lambda: dsl.parse(VOLUME),
     "fc_densenet103": lambda: dsl.load("fc_densenet103"),
+    "peleenet": lambda: dsl.load("peleenet"),
+    "peleenet_instance_gelu": lambda: dsl.parse(
+        'use peleenet from "peleenet.dnet"\nnetwork p = peleenet(blocks = [2, 2, 2, 2])', str(dsl.zoo_dir() / "p.dnet")
+    ),
     "fc_densenet_small": lambda: dsl.parse(
         'use fc_densenet from "fc_densenet.dnet"\nnetwork f = fc_densenet(down = [2], middle = 2, up = [2])',
         str(dsl.zoo_dir() / "f.dnet"),
