@@ -388,9 +388,11 @@ def _stage_backward_any(
     activation are recomputed in a small autograd graph that is used once and freed at once."""
     norm, act, conv = stage.norm, stage.relu, stage.conv
     params = [p for m in (norm, act) for p in m.parameters() if p.requires_grad]
+    autocast = torch.autocast(source.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     with torch.enable_grad():
         x = source.detach().requires_grad_()
-        t = act(_recomputed_norm(norm, x))
+        with autocast:  # as the forward pass ran: group norm under bf16 autocast computes in float32
+            t = act(_recomputed_norm(norm, x))
         dtype = autocast_dtype if autocast_dtype is not None else t.dtype
         grad_t, grad_w = _conv_backward(conv, t.detach(), grad_out, dtype)
         grad_x, *grad_params = torch.autograd.grad(t, [x, *params], grad_t.to(t.dtype))

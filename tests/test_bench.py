@@ -44,3 +44,23 @@ def test_gpu_benchmark_dry_run(tmp_path):
         "dnetc densenet121, bf16 + channels_last",
     ]
     assert "authors (Lua Torch, TitanX) | 0.156" in (tmp_path / "gpu-cpu.md").read_text()
+
+
+def test_lowerings_benchmark_agrees_with_naive_on_the_cpu(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "lowerings.py"), "--small", "--steps", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "lowerings-cpu.json").read_text())
+    assert [row["name"] for row in rows] == [
+        "densenet_bc group(2) silu",
+        "peleenet",
+        "fc_densenet103",
+        "densenet121_3d",
+    ]
+    for row in rows:
+        for lowering, entry in row["lowerings"].items():
+            assert entry["max_relative_difference"] <= 1e-4, (row["name"], lowering)

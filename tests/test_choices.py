@@ -94,3 +94,22 @@ def test_a_choice_is_a_value_of_its_kind():
     ]:
         with pytest.raises(dsl.DnetError, match=re.escape(message)):
             dsl.parse(text)
+
+
+@pytest.mark.parametrize("norm", ["group(4)", "instance"])
+def test_shared_lowering_under_bf16_autocast(norm):
+    """The backward pass recomputes norms under the forward pass's autocast. (The bug it guards showed on
+    CUDA, where autocast runs group norm in float32; bench/lowerings.py checks it there.)"""
+    g = compiler.build_graph(network(norm, "silu"))
+    torch.manual_seed(0)
+    naive, shared = emit(g, "naive"), emit(g, "shared")
+    shared.load_state_dict(naive.state_dict())
+    x = torch.randn(4, *g.nodes["input"]["shape"])
+    grads = []
+    for model in (naive, shared):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.isfinite(grads[1]).all()
+    assert (grads[1] - grads[0]).norm() <= 0.05 * grads[0].norm()
