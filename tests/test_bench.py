@@ -64,3 +64,29 @@ def test_lowerings_benchmark_agrees_with_naive_on_the_cpu(tmp_path):
     for row in rows:
         for lowering, entry in row["lowerings"].items():
             assert entry["max_relative_difference"] <= 1e-4, (row["name"], lowering)
+
+
+def test_speed_harness_runs_interleaved_against_torchvision(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "speed.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "speed-cpu.json").read_text())
+    assert {(row["impl"], row["name"]) for row in rows} >= {("torchvision", "fp32"), ("dnetc", "fp32")}
+    dnetc = next(row for row in rows if row["impl"] == "dnetc" and row["name"] == "fp32")
+    assert dnetc["vs_torchvision_fp32"] > 0 and dnetc["images_per_s"] > 0
