@@ -1,4 +1,4 @@
-"""The benchmark scripts stay runnable: a CPU dry run of the GPU training benchmark."""
+"""The benchmark scripts stay runnable: CPU dry runs of each."""
 
 from __future__ import annotations
 
@@ -9,25 +9,16 @@ import sys
 from .conftest import ROOT
 
 
-def test_gpu_benchmark_dry_run(tmp_path):
+def bench(script: str, *args: str) -> None:
+    """Run bench/SCRIPT with ARGS as a user would; fail with its stderr."""
     r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "gpu.py"),
-            "--device",
-            "cpu",
-            "--steps",
-            "1",
-            "--batch",
-            "4",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=600
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_gpu_benchmark_dry_run(tmp_path):
+    bench("gpu.py", "--device", "cpu", "--steps", "1", "--batch", "4", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "gpu-cpu.json").read_text())["rows"]
     assert [row["config"] for row in rows] == [
         "fp32, naive",
@@ -47,13 +38,7 @@ def test_gpu_benchmark_dry_run(tmp_path):
 
 
 def test_lowerings_benchmark_agrees_with_naive_on_the_cpu(tmp_path):
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "lowerings.py"), "--small", "--steps", "1", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr
+    bench("lowerings.py", "--small", "--steps", "1", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "lowerings-cpu.json").read_text())
     assert [row["name"] for row in rows] == [
         "densenet_bc group(2) silu",
@@ -67,25 +52,7 @@ def test_lowerings_benchmark_agrees_with_naive_on_the_cpu(tmp_path):
 
 
 def test_speed_harness_runs_interleaved_against_torchvision(tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "speed.py"),
-            "--device",
-            "cpu",
-            "--quick",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr
+    bench("speed.py", "--device", "cpu", "--quick", "--steps", "1", "--warmup", "1", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "speed-cpu.json").read_text())
     assert {(row["impl"], row["name"]) for row in rows} >= {("torchvision", "fp32"), ("dnetc", "fp32")}
     dnetc = next(row for row in rows if row["impl"] == "dnetc" and row["name"] == "fp32")
