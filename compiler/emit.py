@@ -7,6 +7,7 @@ from collections.abc import Callable
 import networkx as nx
 from torch import nn
 
+from .graph import part_of
 from .modules import (
     BlurPool,
     DenseLayer,
@@ -74,15 +75,6 @@ FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
 }
 
 
-def _part(g: nx.DiGraph, n: str) -> str:
-    """The name, in `features`, of the part whose output node `n` is ("" for the input)."""
-    node = g.nodes[n]
-    if node["op"] == "input":
-        return ""
-    unit = node["unit"]
-    return unit if unit.startswith(("denseblock", "transition")) else node["module"].split(".")[-1]
-
-
 def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
     """The module of a graph, its dense blocks lowered as `memory` says (naive, checkpoint or shared).
 
@@ -130,7 +122,7 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
             parent = container(parent, name, node["unit"])
         parent.add_module(path[-1], module)
     for (name, index), n in g.graph["kept"].items():
-        features.keeps.setdefault(_part(g, n), []).append(f"{name}[{index}]")
+        features.keeps.setdefault(part_of(g, n), []).append(f"{name}[{index}]")
     for unit, info in g.graph["units"].items():
         if info["kind"] == "transition_up":
             features.joins[unit] = info["skip"]

@@ -303,6 +303,15 @@ class _Builder:
             self.chain("classifier", "linear", "head", op.span, channels=op.classes)
 
 
+def part_of(g: nx.DiGraph, n: str) -> str:
+    """The name, in `features`, of the part whose output node `n` is ("" for the input)."""
+    node = g.nodes[n]
+    if node["op"] == "input":
+        return ""
+    unit = node["unit"]
+    return unit if unit.startswith(("denseblock", "transition")) else node["module"].split(".")[-1]
+
+
 def build_graph(network: spec.Network) -> nx.DiGraph:
     """The graph IR of a network, shapes, parameters and multiply-adds inferred at every node."""
     try:

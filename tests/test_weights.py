@@ -80,7 +80,9 @@ def test_another_class_count_needs_reset_classifier(files, tmp_path):
     before = model.classifier.weight.clone()
     load_into(model, files / "densenet121.pth", reset=["classifier"])
     assert torch.equal(model.classifier.weight, before)  # left at its initial values
-    assert torch.equal(model.features.conv0.weight, torch.load(files / "densenet121.pth")["features.conv0.weight"])
+    assert torch.equal(
+        model.features.conv0.weight, torch.load(files / "densenet121.pth", weights_only=True)["features.conv0.weight"]
+    )
 
 
 def test_reset_classifier_needs_weights():
