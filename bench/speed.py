@@ -1,15 +1,21 @@
 """Training speed: dnetc against torchvision, every switch, steps interleaved so that drift cancels.
 
 Each row is one model in one configuration (precision, channels_last, torch.compile mode, memory
-lowering, fused optimizer), built once and warmed up; then the timed steps go round-robin, one step
-of each row in turn, so that a clock or thermal drift falls on every row alike. A step is a full SGD
+lowering, fused optimizer, a CUDA graph of the whole step), built once and warmed up; then the timed
+steps go round-robin, one step of each row in a new random order each round, so that a clock or
+thermal drift, or a cache warmed by the row before, falls on every row alike. A step is a full SGD
 (Nesterov) step on random data. Reports the median s/iter, images/s, the peak memory of a step
-(CUDA: `max_memory_allocated`), the ratio to torchvision's eager fp32 step of the same model (the
-baseline users have), and on CUDA the model FLOP utilisation (6 x MACs x batch over the dense bf16
-peak). Writes speed-<device>.json and .md.
+(CUDA: `max_memory_allocated`; a CUDA graph's: its pool, at capture), the ratio to torchvision's
+eager fp32 step of the same model (the baseline users have) and to torchvision with the same
+switches, and on CUDA the model FLOP utilisation (6 x MACs x batch over the dense bf16 peak).
+Writes speed-<device>.json and .md.
 
-    python bench/speed.py --device cuda --out bench/results    # an H100: a few minutes
+    python bench/speed.py --device cuda --out bench/results    # an H100: under 7 minutes
     python bench/speed.py --device cpu --out bench/results     # this machine: densenet121, batch 8
+
+Rows are built in order of importance; with --budget, a row that would start being built (compiled,
+captured) after that many seconds is left out and named (the first row is always built), so that one
+call always ends with results.
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+# oneDNN (CPU) caches 1,024 compiled kernels by default: fewer than a dozen DenseNets in one process
+# need, so that a row would find the kernels of the row before it (same shapes) and others not
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "65536")
 
 import torch
 
@@ -38,31 +49,39 @@ import dsl  # noqa: E402
 
 def row(model: str, impl: str, batch: int, **switches: Any) -> dict:
     cfg = {"model": model, "impl": impl, "batch": batch, "precision": "fp32", "channels_last": False}
-    cfg |= {"compile": None, "memory": "naive", "fused": False, **switches}
+    cfg |= {"compile": None, "memory": "naive", "fused": False, "graphs": False, **switches}
     parts = [cfg["precision"]] + ["channels_last"] * cfg["channels_last"]
     parts += [f"compile({cfg['compile']})"] * bool(cfg["compile"]) + ["fused SGD"] * cfg["fused"]
+    parts += ["CUDA graph"] * cfg["graphs"]
     cfg["name"] = " + ".join(parts) + ("" if cfg["memory"] == "naive" else f", {cfg['memory']}")
     return cfg
 
 
 def matrix(device: str, quick: bool) -> list[dict]:
+    """The rows, most important first: eager comparisons, then the lowerings and levers, then compiles."""
+    fast = {"precision": "bf16", "channels_last": True}
     if device == "cpu":
         b = 2 if quick else 8
-        rows = [row("densenet121", impl, b) for impl in ("torchvision", "dnetc")]
-        rows += [row("densenet121", impl, b, channels_last=True) for impl in ("torchvision", "dnetc")]
-        rows += [row("densenet121", "dnetc", b, memory="shared"), row("densenet121", "dnetc", b, fused=True)]
-        return rows
-    fast = {"precision": "bf16", "channels_last": True}
-    rows = []
-    for name in ("densenet121", "densenet169"):
-        rows += [row(name, impl, 256) for impl in ("torchvision", "dnetc")]
-        rows += [row(name, impl, 256, **fast) for impl in ("torchvision", "dnetc")]
-    rows += [row("densenet121", impl, 256, **fast, compile="default", fused=True) for impl in ("torchvision", "dnetc")]
-    rows += [row("densenet121", "dnetc", 256, **fast, memory=m) for m in ("shared", "checkpoint")]
+        rows = [row("densenet121", impl, b, **s) for s in ({}, {"channels_last": True}, fast) for impl in TWO]
+        rows += [
+            row("densenet121", "dnetc", b, memory="shared"),
+            row("densenet121", "dnetc", b, **fast, memory="shared"),
+        ]
+        rows += [row("densenet121", "dnetc", b, fused=True)]
+        return [*rows, row("densenet121", "dnetc", b, **fast, compile="default")]
     bc = "densenet_bc_100_12"
+    rows = [row(name, impl, 256, **s) for name in ("densenet121", "densenet169") for s in ({}, fast) for impl in TWO]
+    rows += [row("densenet121", "dnetc", 256, **fast, memory=m) for m in ("shared", "checkpoint")]
+    rows += [row("densenet121", "dnetc", 256, **fast, fused=True)]
     rows += [row(bc, "dnetc", 64), row(bc, "dnetc", 64, **fast), row(bc, "dnetc", 64, memory="shared")]
-    rows += [row(bc, "dnetc", 64, compile="reduce-overhead", fused=True)]
-    return rows
+    rows += [row(bc, "dnetc", 64, precision=p, graphs=True) for p in ("fp32", "bf16")]
+    # compiling takes minutes a row: dnetc's first, torchvision's compiled baseline last
+    rows += [row("densenet121", "dnetc", 256, **fast, compile="default", fused=True)]
+    rows += [row(bc, "dnetc", 64, precision=p, compile="reduce-overhead", fused=True) for p in ("fp32", "bf16")]
+    return [*rows, row("densenet121", "torchvision", 256, **fast, compile="default", fused=True)]
+
+
+TWO = ("torchvision", "dnetc")
 
 
 class Runner:
@@ -85,13 +104,41 @@ class Runner:
         self.device, self.cfg = device, cfg
         self.times: list[float] = []
         self.peak = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
 
     def step(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(self.device, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            self._forward_backward()
+
+    def _forward_backward(self) -> None:
+        # a CUDA graph cannot capture autocast's cast cache: it is off for every row alike
+        dtype, on = self.dtype or torch.float32, self.dtype is not None
+        with torch.autocast(self.device, dtype=dtype, enabled=on, cache_enabled=False):
             loss = torch.nn.functional.cross_entropy(self.run(self.x), self.y)
         loss.backward()
         self.opt.step()
+
+    def capture(self, warmup: int) -> None:
+        """Warm up on a side stream (cudnn autotuning, the optimizer's momentum buffers), then record one
+        whole step, forward, backward and SGD, as a CUDA graph that each step replays."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self.step()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        self.opt.zero_grad(set_to_none=True)  # the gradients are allocated inside the graph's pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._forward_backward()
+        self.graph = graph
+        self.peak = torch.cuda.max_memory_allocated() - base
 
     def timed(self) -> None:
         cuda = self.device == "cuda"
@@ -193,29 +240,40 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="tiny batches: check that the harness runs")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (minutes of compiling)")
+    p.add_argument("--budget", type=float, help="seconds after which no further row is built")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
-    runners = []
+    runners, left_out, start = [], [], time.perf_counter()
     for cfg in matrix(args.device, args.quick):
-        if args.no_compile and cfg["compile"]:
+        label = f"{cfg['model']} {cfg['impl']} {cfg['name']}"
+        if (args.no_compile and cfg["compile"]) or (cfg["graphs"] and args.device != "cuda"):
+            continue
+        if runners and args.budget is not None and time.perf_counter() - start > args.budget:
+            left_out.append(label)
+            print(f"left out (past the {args.budget:.0f} s budget): {label}", flush=True)
             continue
         r = Runner(cfg, args.device)
         t = time.perf_counter()
+        if cfg["graphs"]:
+            r.capture(args.warmup)
         for _ in range(args.warmup):  # cudnn autotuning, compilation, CUDA graph capture
             r.step()
-        print(f"ready: {cfg['model']} {cfg['impl']} {cfg['name']} ({time.perf_counter() - t:.0f} s)", flush=True)
+        print(f"ready: {label} ({time.perf_counter() - t:.0f} s)", flush=True)
         runners.append(r)
-    for _ in range(args.steps):  # round-robin: one step of each row in turn
-        for r in runners:
+    order = random.Random(0)
+    for _ in range(args.steps):  # round-robin: one step of each row, in a new order each round
+        for r in order.sample(runners, len(runners)):
             r.timed()
     rows = results(runners, args.device)
     table = markdown(rows, args.device, args.steps)
+    if left_out:
+        table += "\n\nLeft out, past the time budget: " + "; ".join(left_out) + "."
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"speed-{args.device}.json").write_text(json.dumps(rows, indent=2))
+        (args.out / f"speed-{args.device}.json").write_text(json.dumps({"rows": rows, "left_out": left_out}, indent=2))
         (args.out / f"speed-{args.device}.md").write_text(table + "\n")
 
 

@@ -336,10 +336,9 @@ def _stage_backward(
     running = (None, None) if norm.training else (norm.running_mean, norm.running_var)
     if mean is None:  # eval mode: normalise with the running statistics
         t, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, *running, False, 0.0, norm.eps)
-    else:  # one elementwise pass with the forward pass's statistics
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        scale = invstd * weight
-        t = torch.addcmul((bias - mean * scale).view(shape), x, scale.view(shape)).to(x.dtype)
+    else:  # the forward pass's statistics, as an inference-mode batch norm: one pass, in x's dtype
+        variance = invstd.pow(-2) - norm.eps  # 1/invstd² = var + eps
+        t = torch.ops.aten.native_batch_norm(x, weight, bias, mean, variance, False, 0.0, norm.eps)[0]
     t = t.relu_()
     dtype = autocast_dtype if autocast_dtype is not None else t.dtype
     grad_t, grad_w = _conv_backward(conv, t, grad_out, dtype)

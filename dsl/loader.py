@@ -27,16 +27,25 @@ def zoo_names() -> list[str]:
     return sorted(p.stem for p in zoo_dir().glob(f"*{SUFFIX}"))
 
 
+def _is_file(p: Path, or_folder: bool = False) -> bool:
+    """Whether `p` is a file (or anything, with `or_folder`), a name too long or otherwise unusable
+    counting as nothing there."""
+    try:
+        return p.exists() if or_folder else p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve(path_or_name: str | Path) -> Path:
     """A spec file's path from a path or a zoo name."""
     p = Path(path_or_name)
-    if p.is_file():
+    if _is_file(p):
         return p
     name = str(path_or_name)
     zoo = zoo_dir() / (name if name.endswith(SUFFIX) else name + SUFFIX)
-    if zoo.is_file():
+    if _is_file(zoo):
         return zoo
-    if p.exists():
+    if _is_file(p, or_folder=True):
         raise DnetError(f"`{name}` is not a file")
     raise DnetError(
         f"no spec file or zoo model named `{name}`",
@@ -122,9 +131,28 @@ def _read(path: Path, at: tuple[Span, str] | None) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DnetError(f"`{path}` is not UTF-8 text (byte {e.start})", *_where(at)) from None
+        raise _not_utf8(path, e, at) from None
     except OSError as e:
         raise DnetError(f"cannot read `{path}`: {e.strerror or e}", *_where(at)) from None
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError, at: tuple[Span, str] | None) -> DnetError:
+    """The first byte that is not UTF-8, at its line and column in the file, the line shown as far
+    as it decodes."""
+    data = e.object if isinstance(e.object, bytes) else path.read_bytes()
+    before = data[: e.start].decode("utf-8")
+    line = before.count("\n") + 1
+    col = len(before) - (before.rfind("\n") + 1) + 1
+    text = data.decode("utf-8", errors="replace")
+    notes = [f"imported from {at[0]}"] if at else []
+    return DnetError(
+        f"the file is not UTF-8 text: byte {e.start} (0x{data[e.start]:02x}) cannot be decoded",
+        Span(_display(path), line, col, line, col + 1),
+        source=text,
+        label="not UTF-8",
+        help="save the spec as UTF-8; names and comments may use any Unicode character",
+        notes=notes,
+    )
 
 
 def _display(path: Path) -> str:
@@ -183,7 +211,7 @@ class _Loader:
         rel = Path(use.path)
         candidates = ([importer.parent / rel] if importer else [Path.cwd() / rel]) + [zoo_dir() / rel]
         for c in candidates:
-            if c.is_file():
+            if _is_file(c):
                 return c.resolve()
         raise DnetError(
             f"cannot find `{use.path}`",

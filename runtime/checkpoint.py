@@ -1,9 +1,11 @@
 """Checkpoints that survive crashes: written atomically, checked by a checksum, loaded without code.
 
-A checkpoint file holds {"format", "sha256", "payload"}: the payload is the torch.save bytes of the
-state, the checksum is over those bytes. It is written to a temporary file in the same folder,
-fsynced, and renamed over the old one, so that a crash leaves either the old file or the new.
-Everything loads with weights_only=True: a crafted pickle cannot run code.
+A checkpoint file is one header line, `DNETC-CHECKPOINT/2 sha256=<hex>`, then the torch.save bytes of
+the state; the checksum covers every byte after the header, so any flipped or missing byte is caught
+(format 1 wrapped the bytes in a second torch file, whose own bytes went unchecked; it still loads).
+A file is written to a temporary file in the same folder, fsynced, and renamed over the old one, so
+that a crash leaves either the old file or the new (and a temporary file, which the next save
+removes). Everything loads with weights_only=True: a crafted pickle cannot run code.
 """
 
 from __future__ import annotations
@@ -16,39 +18,50 @@ from typing import Any
 
 import torch
 
-FORMAT = "dnetc-checkpoint/1"
+FORMAT = "dnetc-checkpoint/2"
+MAGIC = b"DNETC-CHECKPOINT/2 sha256="
+FORMAT_1 = "dnetc-checkpoint/1"
 
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, truncated, altered or not dnetc's."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a read-only folder): the previous one stands."""
+
+
 def save(state: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    payload = buffer.getvalue()
-    wrapper = io.BytesIO()
-    torch.save(
-        {
-            "format": FORMAT,
-            "sha256": hashlib.sha256(payload).hexdigest(),
-            "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
-        },
-        wrapper,
-    )
+    body = buffer.getbuffer()
+    header = MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(wrapper.getbuffer())
+            f.write(header)
+            f.write(body)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        before = "the previous checkpoint there is intact" if path.exists() else "there was none before"
+        raise CheckpointWriteError(e.errno, f"cannot write checkpoint {path}: {e.strerror or e}; {before}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+    remove_stale(path.parent)
     return path
+
+
+def remove_stale(folder: Path) -> None:
+    """Temporary files of other processes: a run's folder has one writer, so they were killed while
+    writing."""
+    for stale in folder.glob(".*.tmp-*"):
+        if stale.name.rsplit("-", 1)[-1] != str(os.getpid()):
+            stale.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -64,20 +77,46 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether the file begins as a dnetc checkpoint of format 2 does."""
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        return _load_format_1(path, data, map_location)
+    header, newline, body = data.partition(b"\n")
+    digest = header[len(MAGIC) :].decode("ascii", errors="replace")
+    if not newline or hashlib.sha256(body).hexdigest() != digest:
+        raise CheckpointError(f"{path} is corrupt (truncated or altered): its checksum does not match its contents")
+    return _unpickle(path, body, map_location)
+
+
+def _unpickle(path: Path, body: bytes, map_location: str | torch.device) -> dict[str, Any]:
     try:
-        outer = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} holds state that cannot be loaded safely: {e}") from None
+
+
+def _load_format_1(path: Path, data: bytes, map_location: str | torch.device) -> dict[str, Any]:
+    """A checkpoint of dnetc before format 2: a torch file of {format, sha256, payload}."""
+    if MAGIC.startswith(data[: len(MAGIC)]) and data:
+        raise CheckpointError(f"{path} is not a readable checkpoint: it is truncated ({len(data)} bytes)")
+    try:
+        outer = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or altered?): {e}") from None
-    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT_1:
         raise CheckpointError(f"{path} is not a dnetc checkpoint")
+    if not isinstance(outer.get("payload"), torch.Tensor):
+        raise CheckpointError(f"{path} is corrupt: it holds no state")
     payload = outer["payload"].numpy().tobytes()
     if hashlib.sha256(payload).hexdigest() != outer.get("sha256"):
         raise CheckpointError(f"{path} is corrupt: its checksum does not match its contents")
-    try:
-        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} holds state that cannot be loaded safely: {e}") from None
+    return _unpickle(path, payload, map_location)

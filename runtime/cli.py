@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -295,7 +296,7 @@ def export(g, path: str, weights: str | None, reset_classifier: bool) -> int:
 
 
 def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from runtime.checkpoint import CheckpointError
+    from runtime.checkpoint import CheckpointError, CheckpointWriteError
     from runtime.data import DataError
     from runtime.launch import evaluate, train
     from runtime.train import TrainingError, UsageError
@@ -347,6 +348,15 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return 2
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except CheckpointWriteError as e:
+        print(f"error: {e.strerror}", file=sys.stderr)
+        return 1
+    except (
+        OSError
+    ) as e:  # a full disk or a lost folder while writing logs or metrics: the run's files say how far it got
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
 
 
@@ -482,6 +492,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except (RuntimeError, MemoryError) as e:
+        if not _out_of_memory(e):
+            raise
+        print(_out_of_memory(e), file=sys.stderr)
+        return 1
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """A failed allocation (host or device) told in one line with the remedies, or None."""
+    text = str(e)
+    if not isinstance(e, MemoryError) and "can't allocate memory" not in text and "out of memory" not in text:
+        return None
+    size = re.search(r"allocate (\d+) bytes", text)
+    asked = f" ({int(size.group(1)) / 2**30:,.1f} GiB at once)" if size else ""
+    device = "GPU" if "CUDA" in text else "host"
+    return (
+        f"error: out of {device} memory{asked}: the network's input or the batch is too large for this machine\n"
+        "  = help: a smaller input (`--set size=...`), a smaller `--batch-size`, `--accumulate N` or "
+        "`--memory shared` needs less"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,8 +361,8 @@ def _cifar(info: dict, root: Path) -> tuple[Split, Split]:
                         f = tar.extractfile(m)
                         assert f is not None
                         contents[wanted[m.name]] = f.read()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"cannot read {archive}: {e}") from None
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            raise DataError(f"cannot read {archive} (corrupt or truncated; download it again): {e}") from None
 
         def read(member: str) -> bytes:
             if member not in contents:
@@ -399,9 +400,15 @@ def _svhn(info: dict, root: Path, extra: bool = False) -> tuple[Split, Split]:
             x, y = mat["X"], mat["y"]
         except Exception as e:
             raise DataError(f"cannot read {path}: {e}") from None
-        if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
-            raise DataError(f"{path}: images of shape {x.shape}, not 32 x 32 x 3 x N")
-        labels = torch.from_numpy(y.reshape(-1).astype("int64")) % 10  # label 10 is the digit 0
+        if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != "uint8":
+            raise DataError(f"{path}: images of shape {x.shape} and type {x.dtype}, not 32 x 32 x 3 x N uint8")
+        y = y.reshape(-1)
+        if len(y) != x.shape[3] or (len(y) and (y.min() < 1 or y.max() > 10)):
+            raise DataError(
+                f"{path}: {len(y)} labels from {y.min() if len(y) else '-'} to {y.max() if len(y) else '-'} for "
+                f"{x.shape[3]} images; SVHN has one label from 1 to 10 per image: the file is corrupt or not SVHN's"
+            )
+        labels = torch.from_numpy(y.astype("int64")) % 10  # label 10 is the digit 0
         return Split(torch.from_numpy(x).permute(3, 2, 0, 1).contiguous().to(torch.uint8), labels)
 
     train = split("train")

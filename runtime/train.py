@@ -222,6 +222,8 @@ class Trainer:
     def run(self, interrupt_at: tuple[int, int] | None = None) -> dict[str, Any]:
         """Train to the last epoch; on SIGINT/SIGTERM (or at `interrupt_at`) save and return."""
         handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        if self.world.main:
+            checkpoint.remove_stale(self.out / "checkpoints")
         try:
             return self._loop(interrupt_at)
         finally:
@@ -368,10 +370,10 @@ class Trainer:
         chosen = val["val_error"] if validated else test_error  # best: by validation where there is one
         improved = chosen < self.best
         self.best = min(self.best, chosen)
-        self.save()
         if improved:
             self.save("best.pt")
         self.save(f"epoch-{self.epoch:04d}.pt")
+        self.save()  # last: a run killed before this resumes from before the epoch's end, and writes all three
         if self.world.main:
             for old in sorted((self.out / "checkpoints").glob("epoch-*.pt"))[: -self.config.keep or None]:
                 old.unlink()

@@ -40,15 +40,16 @@ def read(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise WeightsError(f"no weights file at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = checkpoint.load(path) if checkpoint.is_checkpoint(path) else None
+        if state is None:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT_1:
+                state = checkpoint.load(path)
+    except checkpoint.CheckpointError as e:
+        raise WeightsError(str(e)) from None
     except Exception as e:
         raise WeightsError(_unreadable(path, e)) from None
-    if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
-        try:
-            state = checkpoint.load(path)["model"]
-        except checkpoint.CheckpointError as e:
-            raise WeightsError(str(e)) from None
-    elif isinstance(state, dict):
+    if isinstance(state, dict):  # a dnetc checkpoint keeps the model's under `model`
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), Mapping):
                 state = state[key]

@@ -47,3 +47,11 @@ def stop_after_first_epoch(args: list[str], out: Path) -> tuple[int, str, str]:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def bench(script: str, *args: str) -> None:
+    """Run bench/SCRIPT with ARGS as a user would; fail with its stderr."""
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr

@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from .conftest import ROOT
-
-
-def bench(script: str, *args: str) -> None:
-    """Run bench/SCRIPT with ARGS as a user would; fail with its stderr."""
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=600
-    )
-    assert r.returncode == 0, r.stderr
+from .conftest import bench
 
 
 def test_gpu_benchmark_dry_run(tmp_path):
@@ -51,9 +41,24 @@ def test_lowerings_benchmark_agrees_with_naive_on_the_cpu(tmp_path):
             assert entry["max_relative_difference"] <= 1e-4, (row["name"], lowering)
 
 
+QUICK = ["--device", "cpu", "--quick", "--steps", "1", "--warmup", "1"]
+
+
 def test_speed_harness_runs_interleaved_against_torchvision(tmp_path):
-    bench("speed.py", "--device", "cpu", "--quick", "--steps", "1", "--warmup", "1", "--out", str(tmp_path))
-    rows = json.loads((tmp_path / "speed-cpu.json").read_text())
+    bench("speed.py", *QUICK, "--no-compile", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "speed-cpu.json").read_text())
+    rows = result["rows"]
     assert {(row["impl"], row["name"]) for row in rows} >= {("torchvision", "fp32"), ("dnetc", "fp32")}
+    assert ("dnetc", "bf16 + channels_last, shared") in {(row["impl"], row["name"]) for row in rows}
     dnetc = next(row for row in rows if row["impl"] == "dnetc" and row["name"] == "fp32")
     assert dnetc["vs_torchvision_fp32"] > 0 and dnetc["images_per_s"] > 0
+    assert result["left_out"] == []
+
+
+def test_speed_harness_keeps_to_its_budget(tmp_path):
+    """Past the budget no further row is built: the first always is, the others are named as left out."""
+    bench("speed.py", *QUICK, "--budget", "0", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "speed-cpu.json").read_text())
+    assert [row["name"] for row in result["rows"]] == ["fp32"]
+    assert "densenet121 dnetc bf16 + channels_last + compile(default)" in result["left_out"]
+    assert "Left out, past the time budget" in (tmp_path / "speed-cpu.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,13 +61,19 @@ def test_cifar_from_the_extracted_folder(tmp_path):
     assert torch.equal(d.test.images.reshape(4, -1), torch.from_numpy(raw))  # R, G, B planes, row-major
 
 
-def test_cifar_archive_is_checked_and_read(tmp_path, monkeypatch):
+def cifar_archive(tmp_path) -> Path:
+    """A small CIFAR-10 archive laid out as the official one, in tmp_path/data."""
     src = tmp_path / "src"
     write_cifar(src / "cifar-10-batches-py")
     archive = tmp_path / "data" / "cifar-10-python.tar.gz"
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return archive
+
+
+def test_cifar_archive_is_checked_and_read(tmp_path, monkeypatch):
+    archive = cifar_archive(tmp_path)
     with pytest.raises(data.DataError, match=r"md5 is .* not c58f30108f718f92721af3b95e74349a"):
         data.load("cifar10", archive.parent)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
@@ -169,3 +176,41 @@ def test_svhn_extra_and_the_validation_split(tmp_path):
     from runtime.train import resolve
 
     assert resolve("svhn", device="cpu").validation == 6000
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "not gzip"])
+def test_a_damaged_archive_whose_md5_was_vouched_for_is_a_clear_error(tmp_path, monkeypatch, damage):
+    """Even past the md5 check (a user's edited table, a collision): damage that breaks the archive's
+    structure ends in a DataError. (Flipped image bytes inside it are the md5's to catch.)"""
+    archive = cifar_archive(tmp_path)
+    raw = bytearray(archive.read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif damage == "flipped":
+        for i in range(10, 74):  # the first deflate block's header and the first tar header
+            raw[i] ^= 0x5A
+    else:
+        raw = bytearray(b"<html>404 Not Found</html>")
+    archive.write_bytes(bytes(raw))
+    monkeypatch.setitem(data.DATASETS["cifar10"], "md5", hashlib.md5(bytes(raw)).hexdigest())
+    with pytest.raises(data.DataError, match=r"cannot read|has no cifar-10-batches-py"):
+        data.load("cifar10", archive.parent)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        (np.zeros((32, 32, 3, 3), np.uint8), np.array([[1], [11], [2]]), "labels from 1 to 11"),
+        (np.zeros((32, 32, 3, 3), np.uint8), np.array([[0], [1], [2]]), "labels from 0 to 2"),
+        (np.zeros((32, 32, 3, 3), np.uint8), np.array([[1], [2]]), "2 labels from 1 to 2 for 3 images"),
+        (np.zeros((28, 28, 3, 3), np.uint8), np.array([[1], [2], [3]]), r"shape \(28, 28, 3, 3\)"),
+        (np.zeros((32, 32, 3, 3), np.float64), np.array([[1], [2], [3]]), "type float64"),
+    ],
+)
+def test_bad_svhn_files(tmp_path, x, y, message):
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": x, "y": y})
+    scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": x, "y": y})
+    with pytest.raises(data.DataError, match=message):
+        data.load("svhn", tmp_path)

@@ -30,8 +30,23 @@ def test_there_are_examples():
     assert len(BLOCKS) >= 7
 
 
-def test_readme_shows_the_benchmark_as_measured():
+@pytest.mark.parametrize("table", ["memory-cpu", "speed-cpu"])
+def test_readme_shows_the_benchmark_as_measured(table):
     readme = (ROOT / "README.md").read_text()
-    shown = re.search(r"<!-- memory:start -->\n(.*?)<!-- memory:end -->", readme, re.S)
-    assert shown, "README.md has no benchmark table between <!-- memory:start --> and <!-- memory:end -->"
-    assert shown.group(1).strip() == (ROOT / "bench" / "results" / "memory-cpu.md").read_text().strip()
+    key = table.split("-")[0] if table == "memory-cpu" else table
+    shown = re.search(rf"<!-- {key}:start -->\n(.*?)<!-- {key}:end -->", readme, re.S)
+    assert shown, f"README.md has no benchmark table between <!-- {key}:start --> and <!-- {key}:end -->"
+    assert shown.group(1).strip() == (ROOT / "bench" / "results" / f"{table}.md").read_text().strip()
+
+
+def test_the_reliability_report_shows_the_figures_as_measured():
+    """docs/reliability.md quotes bench/results/faults.json and fuzz.json: the same counts."""
+    import json
+
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    faults = json.loads((ROOT / "bench" / "results" / "faults.json").read_text())
+    for mode, s in faults["summary"].items():
+        assert f"| {mode}: " in doc and f"bit-identical in {s['identical']} of {s['trials']}" in doc, mode
+    fuzz = json.loads((ROOT / "bench" / "results" / "fuzz.json").read_text())
+    for outcome, count in fuzz["outcomes"].items():
+        assert f"{outcome}: {count:,}" in doc, outcome

@@ -16,7 +16,7 @@ from dsl.format import comments, format_source, same_tree
 from dsl.syntax import parse_module
 
 from .conftest import ROOT, run_cli
-from .test_fuzz import SOURCES, mutate
+from .fuzzing import SOURCES, mutate
 
 MESSY = """# a family   \n\
 network  tiny( growth=4 ,classes = 10,)   {  # the header

@@ -3,94 +3,15 @@
 from __future__ import annotations
 
 import random
-import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import compiler
 import dsl
 
-SOURCES = {p.name: p.read_text() for p in sorted(dsl.zoo_dir().glob("*.dnet"))}
-PIECES = [
-    "(",
-    ")",
-    "{",
-    "}",
-    "[",
-    "]",
-    ",",
-    "=",
-    "x",
-    "/",
-    "//",
-    "%",
-    "*",
-    "-",
-    "+",
-    "#",
-    '"',
-    "'",
-    "\n",
-    " ",
-    "0",
-    "-1",
-    "1.5",
-    "1e400",
-    "99999999999999999999",
-    "none",
-    "true",
-    "dense",
-    "transition",
-    "repeat",
-    "for",
-    "in",
-    "let",
-    "input",
-    "stem",
-    "head",
-    "use",
-    "network",
-    "separated by",
-    "3x3",
-    "3x3x3",
-    "é",
-    "\x00",
-]
-
-
-def mutate(text: str, rng: random.Random) -> str:
-    if not text.strip():
-        return text + rng.choice(PIECES)
-    kind = rng.randrange(6)
-    if kind == 0:  # delete a span
-        i = rng.randrange(len(text))
-        return text[:i] + text[i + rng.randint(1, 8) :]
-    if kind == 1:  # insert a piece
-        i = rng.randrange(len(text) + 1)
-        return text[:i] + rng.choice(PIECES) + text[i:]
-    if kind == 2:  # replace a number
-        numbers = list(re.finditer(r"\d+(\.\d+)?", text))
-        if numbers:
-            m = rng.choice(numbers)
-            return (
-                text[: m.start()]
-                + rng.choice(["0", "1", "2", "7", "1000", "100000", "0.5", "3.3", "-2"])
-                + text[m.end() :]
-            )
-        return text
-    if kind == 3:  # replace a word
-        words = list(re.finditer(r"[A-Za-z_]+", text))
-        if not words:
-            return text
-        m = rng.choice(words)
-        return text[: m.start()] + rng.choice([*PIECES, m.group()[::-1], m.group()[:-1]]) + text[m.end() :]
-    lines = text.splitlines(keepends=True)
-    i = rng.randrange(len(lines))
-    if kind == 4:  # drop or duplicate a line
-        return "".join(lines[:i] + (lines[i : i + 1] * 2 if rng.random() < 0.5 else []) + lines[i + 1 :])
-    j = rng.randrange(len(lines))  # swap two lines
-    lines[i], lines[j] = lines[j], lines[i]
-    return "".join(lines)
+from .conftest import run_cli
+from .fuzzing import SOURCES, bounded, check, grammar_specs, mutate, mutate_bytes
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -114,19 +35,81 @@ def test_mutated_specs_give_a_network_or_a_located_error(seed):
     assert outcomes["valid"] > 0 and outcomes["error"] > 0, outcomes
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "network n { input 3 x 8 x 8 dense(" + "-" * 5000 + "1, 4) }",
-        "network n { input 3 x 8 x 8 dense(" + "1 + (" * 2000 + "1" + ")" * 2000 + ", 4) }",
-        "network n { input 3 x 8 x 8 dense(" + "[" * 3000 + "1" + "]" * 3000 + ", 4) }",
-        "network n { input 3 x 100000 x 100000 stem conv(3, 8) dense(2, 4) }",
-        "network n { input 3 x 8 x 8 repeat 1000 { dense(1000, 4) } }",
-        "network n(depth = 1000000) { input 3 x 32 x 32 dense((depth - 4) / 6, 12) }",
-    ],
-)
+ABSURD = {
+    "a long run of signs": "network n { input 3 x 8 x 8 dense(" + "-" * 5000 + "1, 4) }",
+    "deeply nested parentheses": "network n { input 3 x 8 x 8 dense(" + "1 + (" * 2000 + "1" + ")" * 2000 + ", 4) }",
+    "deeply nested lists": "network n { input 3 x 8 x 8 dense(" + "[" * 3000 + "1" + "]" * 3000 + ", 4) }",
+    "deeply nested blocks": "network n { input 3 x 8 x 8 " + "repeat 2 { " * 500 + "dense(1, 4)" + " }" * 500 + " }",
+    "an input of 10^5 x 10^5": "network n { input 3 x 100000 x 100000 stem conv(3, 8) dense(2, 4) }",
+    "10^5 layers in a block": "network n { input 3 x 8 x 8 dense(100000, 4) }",
+    "10^6 layers in 10^3 blocks": "network n { input 3 x 8 x 8 repeat 1000 { dense(1000, 4) } }",
+    "a depth of 10^6": "network n(depth = 1000000) { input 3 x 32 x 32 dense((depth - 4) / 6, 12) }",
+    "a list of 10^9 items": "network n { input 3 x 8 x 8 let a = [1] * 1000000000 dense(1, 4) }",
+    "a number of 40 digits": "network n { input 3 x 8 x 8 dense(99999999999999999999 * 99999999999999999999, 4) }",
+    "a growth rate of 10^9": "network n { input 3 x 8 x 8 dense(2, 1000000000) }",
+    "100 dimensions": "network n { input 3 x [2] * 100 dense(1, 4) }",
+    "a line of 10^6 characters": "network n { input 3 x 8 x 8 " + " " * 1000000 + "dense(1, 4) }",
+}
+
+
+@pytest.mark.parametrize("text", ABSURD.values(), ids=ABSURD.keys())
 def test_absurd_specs_end_in_a_clear_error_or_bounded_work(text):
-    try:
-        compiler.build_graph(dsl.parse(text))
-    except dsl.DnetError as e:
-        assert e.line is not None and e.col is not None
+    with bounded(seconds=30, megabytes=512):
+        check(text)
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_byte_damage_to_every_zoo_file_gives_a_network_or_a_located_error(name, tmp_path):
+    """Each zoo file, its neighbours beside it (imports resolve), damaged byte by byte: flipped bits,
+    random bytes (invalid UTF-8), cuts and repeated runs."""
+    for other, text in SOURCES.items():
+        (tmp_path / other).write_text(text)
+    rng = random.Random(name)
+    original = SOURCES[name].encode()
+    target = tmp_path / name
+    outcomes = {"valid": 0, "error": 0}
+    for _ in range(25):
+        data = original
+        for _ in range(rng.randint(1, 3)):
+            data = mutate_bytes(data, rng)
+        target.write_bytes(data)
+        try:
+            compiler.build_graph(dsl.load(target))
+            outcomes["valid"] += 1
+        except dsl.DnetError as e:
+            outcomes["error"] += 1
+            assert e.file is not None and e.line >= 1 and e.col >= 1, str(e)
+            assert "Traceback" not in str(e)
+    assert outcomes["error"] > 0, outcomes
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(grammar_specs())
+def test_specs_generated_from_the_grammar_give_a_network_or_a_located_error(text):
+    check(text, str(dsl.zoo_dir() / "generated.dnet"))
+
+
+def test_imports_in_a_cycle_or_a_long_chain_end_in_a_clear_error(tmp_path):
+    (tmp_path / "a.dnet").write_text('use b from "b.dnet"\nnetwork a = b()\n')
+    (tmp_path / "b.dnet").write_text('use a from "a.dnet"\nnetwork b = a()\n')
+    with pytest.raises(dsl.DnetError) as cycle:
+        compiler.build_graph(dsl.load(tmp_path / "a.dnet"))
+    assert cycle.value.line is not None
+    depth = 500
+    for i in range(depth):
+        (tmp_path / f"n{i}.dnet").write_text(f'use n{i + 1} from "n{i + 1}.dnet"\nnetwork n{i} = n{i + 1}()\n')
+    (tmp_path / f"n{depth}.dnet").write_text(f"network n{depth} {{ input 3 x 8 x 8 dense(1, 4) }}\n")
+    with bounded(seconds=60):
+        try:
+            compiler.build_graph(dsl.load(tmp_path / "n0.dnet"))
+        except dsl.DnetError as e:
+            assert e.line is not None and "imports" in str(e), str(e)
+
+
+def test_an_input_too_large_for_any_machine_is_a_clear_error(tmp_path):
+    """12 PB a sample: past any address space, so the allocation fails at once whatever the machine."""
+    spec = tmp_path / "huge.dnet"
+    spec.write_text("network huge {\n    input 3 x 100000 x 100000 x 100000\n    stem conv(3, 8)\n    dense(2, 4)\n}\n")
+    r = run_cli(str(spec), "--summary")
+    assert r.returncode == 1, r.stderr
+    assert "out of host memory" in r.stderr and "--set size" in r.stderr and "Traceback" not in r.stderr

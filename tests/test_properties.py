@@ -11,30 +11,7 @@ from hypothesis import strategies as st
 import compiler
 import dsl
 
-from .test_fuzz import PIECES
-
-
-@st.composite
-def specs(draw) -> str:
-    rank = draw(st.integers(1, 3))
-    size = draw(st.sampled_from([8, 12, 16]) if rank < 3 else st.just(8))
-    lines = ["network generated {", f"    input {draw(st.integers(1, 4))} x " + " x ".join([str(size)] * rank)]
-    lines.append(f"    normalization {draw(st.sampled_from(['batch', 'layer', 'group(1)']))}")
-    lines.append(f"    activation {draw(st.sampled_from(['relu', 'prelu', 'silu', 'gelu']))}")
-    lines.append(f"    stem conv({draw(st.sampled_from([1, 3]))}, {draw(st.integers(4, 16))})")  # θ=0.3 keeps >= 1
-    blocks = draw(st.integers(1, 3))
-    for b in range(blocks):
-        bottleneck = draw(st.sampled_from(["none", "1", "2", "4"]))
-        dropout = draw(st.sampled_from(["0", "0.2"]))
-        lines.append(
-            f"    dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 12))}, bottleneck = {bottleneck}, "
-            f"dropout = {dropout})"
-        )
-        if b < blocks - 1:
-            lines.append(f"    transition(compression = {draw(st.sampled_from(['0.5', '1', '0.75', '0.3']))})")
-    if draw(st.booleans()):
-        lines.append(f"    head classifier({draw(st.integers(1, 20))})")
-    return "\n".join([*lines, "}"])
+from .fuzzing import PIECES, specs
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
