@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 RUN = [
     "densenet_bc",
     *("--set", "depth=10", "--set", "growth=6", "--set", "size=16"),
-    *("--train", "digits", "--epochs", "2", "--batch-size", "128", "--checkpoint-every", "0.00001"),
+    *("--train", "digits", "--batch-size", "128", "--checkpoint-every", "0.00001"),
 ]
 PAUSE = 0.05  # seconds between the two halves of a slowed checkpoint write
 
@@ -82,8 +82,8 @@ def child(mode: str, marker: Path, argv: list[str]) -> int:
     return main(argv)
 
 
-def command(out: Path, mode: str, marker: Path, resume: bool) -> list[str]:
-    argv = [*RUN, "--out", str(out)] + (["--resume", str(out)] if resume else [])
+def command(out: Path, mode: str, marker: Path, resume: bool, epochs: int) -> list[str]:
+    argv = [*RUN, "--epochs", str(epochs), "--out", str(out)] + (["--resume", str(out)] if resume else [])
     return [sys.executable, __file__, "--child", mode, "--marker", str(marker), "--", *argv]
 
 
@@ -118,13 +118,13 @@ def run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"a run failed ({code}); see {log}")
 
 
-def trial(mode: str, rng: random.Random, work: Path, seconds: float, writes: int) -> dict:
+def trial(mode: str, rng: random.Random, work: Path, seconds: float, writes: int, epochs: int) -> dict:
     """One kill and one resume; what was killed when, and whether the end equals the reference."""
     out, marker, log = work / "run", work / "marker", work / "log"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     with log.open("wb") as f:
-        proc = subprocess.Popen(command(out, mode, marker, False), stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(command(out, mode, marker, False, epochs), stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def wait_for_write(n: int) -> None:
         while proc.poll() is None and (not marker.exists() or len(marker.read_text().split()) < n):
@@ -153,7 +153,7 @@ def trial(mode: str, rng: random.Random, work: Path, seconds: float, writes: int
         except Exception:  # the failure this benchmark looks for
             loads = False
     partial = sorted(p.name for p in (out / "checkpoints").glob(".*tmp*")) if left.parent.exists() else []
-    run(command(out, "steps", marker, resume=left.exists()), log)
+    run(command(out, "steps", marker, left.exists(), epochs), log)
     after = sorted(p.name for p in (out / "checkpoints").glob(".*tmp*"))
     return {
         "mode": mode,
@@ -171,6 +171,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=10, help="trials of each kind")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=2, help="of each training run")
     p.add_argument("--work", type=Path, default=Path("/tmp/dnetc-faults"))
     p.add_argument("--out", type=Path)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -185,7 +186,7 @@ def main() -> None:
     shutil.rmtree(reference, ignore_errors=True)
     reference.mkdir(parents=True)
     t = time.perf_counter()
-    run(command(reference / "run", "steps", reference / "marker", False), reference / "log")
+    run(command(reference / "run", "steps", reference / "marker", False, args.epochs), reference / "log")
     seconds = time.perf_counter() - t
     writes = len((reference / "marker").read_text().split())
     expected = state(reference / "run")
@@ -193,7 +194,7 @@ def main() -> None:
     trials = []
     for mode in ("steps", "writes"):
         for i in range(args.trials):
-            r = trial(mode, rng, args.work / f"{mode}-{i}", seconds, writes)
+            r = trial(mode, rng, args.work / f"{mode}-{i}", seconds, writes, args.epochs)
             got = state(args.work / f"{mode}-{i}" / "run")
             r["identical"] = same(got["model"], expected["model"]) and same(got["optimizer"], expected["optimizer"])
             r["same_files"] = files(args.work / f"{mode}-{i}" / "run") == files(reference / "run")
@@ -213,7 +214,13 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        result = {"run": RUN, "reference_seconds": seconds, "writes": writes, "summary": summary, "trials": trials}
+        result = {
+            "run": [*RUN, "--epochs", str(args.epochs)],
+            "reference_seconds": seconds,
+            "writes": writes,
+            "summary": summary,
+            "trials": trials,
+        }
         result["seconds"] = time.perf_counter() - began
         (args.out / "faults.json").write_text(json.dumps(result, indent=2))
     if any(not r["identical"] or not r["same_files"] or r["checkpoint_loads"] is False for r in trials):

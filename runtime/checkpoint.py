@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 FORMAT = "dnetc-checkpoint/2"
-MAGIC = b"DNETC-CHECKPOINT/2 sha256="
+MAGIC = FORMAT.upper().encode() + b" sha256="  # the first bytes of every checkpoint file
 FORMAT_1 = "dnetc-checkpoint/1"
 
 

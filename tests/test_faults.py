@@ -104,8 +104,9 @@ def test_flipped_and_truncated_bytes_are_detected_and_named(tmp_path):
 
 
 def test_sigkill_in_steps_and_in_checkpoint_writes_resumes_to_identical_parameters(tmp_path):
-    """bench/faults.py with one trial of each kind (the README's figures come from more)."""
-    bench("faults.py", "--trials", "1", "--seed", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path))
+    """bench/faults.py with one trial of each kind and one epoch (docs/reliability.md's figures come from more)."""
+    work = str(tmp_path / "work")
+    bench("faults.py", "--trials", "1", "--epochs", "1", "--seed", "1", "--work", work, "--out", str(tmp_path))
     result = json.loads((tmp_path / "faults.json").read_text())
     assert len(result["trials"]) == 2 and all(t["identical"] and t["same_files"] for t in result["trials"])
     assert all(t["checkpoint_loads"] is not False for t in result["trials"])

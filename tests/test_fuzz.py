@@ -68,7 +68,7 @@ def test_byte_damage_to_every_zoo_file_gives_a_network_or_a_located_error(name, 
     original = SOURCES[name].encode()
     target = tmp_path / name
     outcomes = {"valid": 0, "error": 0}
-    for _ in range(25):
+    for _ in range(12):
         data = original
         for _ in range(rng.randint(1, 3)):
             data = mutate_bytes(data, rng)
@@ -83,7 +83,7 @@ def test_byte_damage_to_every_zoo_file_gives_a_network_or_a_located_error(name, 
     assert outcomes["error"] > 0, outcomes
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 @given(grammar_specs())
 def test_specs_generated_from_the_grammar_give_a_network_or_a_located_error(text):
     check(text, str(dsl.zoo_dir() / "generated.dnet"))
