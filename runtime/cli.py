@@ -149,7 +149,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--deterministic", action="store_true", default=None, help="repeatable runs on one machine")
     t.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast (default bf16 on CUDA)")
-    t.add_argument("--channels-last", action="store_true", default=None)
+    t.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the channels-last layout for 2D networks (default on; measured faster on CPU and GPU)",
+    )
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--checkpoint-every", type=float, metavar="MINUTES", help="also checkpoint within epochs")
     t.add_argument("--keep", type=int, help="how many epoch checkpoints to keep (default 3)")

@@ -187,3 +187,15 @@ def test_a_validation_split_chooses_the_best(tmp_path):
     best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")
     assert best["best"] == min(r["val_error"] for r in records)
     assert "1238 images" in r.stdout  # 1,438 training images less the 200 held out
+
+
+def test_channels_last_is_a_2d_layout_that_1d_and_3d_networks_train_without(tmp_path):
+    """The default layout (channels_last) has no meaning for 3D or 1D weights: those keep theirs."""
+    for rank in (1, 3):
+        spec = tmp_path / f"tiny{rank}d.dnet"
+        sizes = " x ".join(["8"] * rank)
+        body = "    stem conv(3, 8)\n    dense(2, 4)\n    head classifier(10)\n"
+        spec.write_text(f"network tiny {{\n    input 3 x {sizes}\n{body}}}\n")
+        r = run_cli(str(spec), "--train", "fake", "--channels-last", "--out", str(tmp_path / f"run{rank}"))
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / f"run{rank}" / "config.json").read_text())["config"]["channels_last"] is True
