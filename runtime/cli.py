@@ -301,7 +301,7 @@ def export(g, path: str, weights: str | None, reset_classifier: bool) -> int:
 
 
 def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from runtime.checkpoint import CheckpointError, CheckpointWriteError
+    from runtime.checkpoint import CheckpointError
     from runtime.data import DataError
     from runtime.launch import evaluate, train
     from runtime.train import TrainingError, UsageError
@@ -354,27 +354,20 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except CheckpointWriteError as e:
-        print(f"error: {e.strerror}", file=sys.stderr)
-        return 1
-    except (
-        OSError
-    ) as e:  # a full disk or a lost folder while writing logs or metrics: the run's files say how far it got
+    except OSError as e:  # a full disk, a lost folder: one line (a checkpoint's says the previous one stands)
         where = f" ({e.filename})" if e.filename else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
 
 
 def _spawn(args: argparse.Namespace, argv: Sequence[str], flags: dict) -> int:
-    """`--nproc N`: check what can be checked here (usage, the spec against the dataset, the data),
-    so that a mistake is told once, fix the run directory, then start the N workers."""
+    """`--nproc N`: check the usage and what the workers will need (once, here), fix the run
+    directory, then start the N workers."""
     import os
 
-    from compiler import build_graph
     from runtime import distributed
-    from runtime.data import class_count, load
-    from runtime.launch import bind
-    from runtime.train import check, resolve, run_dir
+    from runtime.launch import prepare_workers
+    from runtime.train import run_dir
 
     if args.nproc < 1 or not args.train:
         print("error: --nproc takes a number of processes of at least 1, with --train", file=sys.stderr)
@@ -382,21 +375,17 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str], flags: dict) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         print("error: --nproc inside torchrun: give one or the other", file=sys.stderr)
         return 2
-    config = resolve(args.train, **flags)
-    check(config, args.nproc)
-    classes = class_count(args.train, args.data)
-    network, _ = bind(args.spec, dsl.parse_overrides(args.overrides), args.train, config.augment, classes)
-    if args.download:
-        from runtime.download import ensure
-
-        ensure(args.train, args.data)
-    g = build_graph(network)
-    load(args.train, args.data, shape=tuple(g.nodes["input"]["shape"]))  # missing data: say so once
-    if args.weights:  # a file that does not fit: say so once
-        from compiler.emit import emit
-        from runtime.weights import classifier_modules, load_into
-
-        load_into(emit(g), args.weights, classifier_modules(g) if args.reset_classifier else (), network.name)
+    name = prepare_workers(
+        args.spec,
+        args.overrides,
+        args.train,
+        flags,
+        args.nproc,
+        args.data,
+        args.download,
+        args.weights,
+        args.reset_classifier,
+    )
     rest, skip = [], False
     for a in argv:
         if skip or a == "--nproc" or a.startswith("--nproc="):
@@ -404,7 +393,7 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str], flags: dict) -> int:
             continue
         rest.append(a)
     if args.out is None and args.resume is None:
-        rest += ["--out", str(run_dir(network.name, args.train, None))]
+        rest += ["--out", str(run_dir(name, args.train, None))]
     return distributed.launch(rest, args.nproc)
 
 
@@ -498,9 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except (RuntimeError, MemoryError) as e:
-        if not _out_of_memory(e):
+        message = _out_of_memory(e)
+        if message is None:
             raise
-        print(_out_of_memory(e), file=sys.stderr)
+        print(message, file=sys.stderr)
         return 1
 
 

@@ -17,7 +17,7 @@ from dsl.evaluate import literal
 
 from . import DATASETS, checkpoint, distributed, version
 from .data import class_count, load
-from .train import Config, Trainer, TrainingError, latest_checkpoint, resolve, run_dir
+from .train import Config, Trainer, TrainingError, check, latest_checkpoint, resolve, run_dir
 from .weights import classifier_modules, load_into, sha256
 
 ADAPTS = ("digits", "fake", "imagenet", "folder", "shapes")  # datasets that take the network's input size
@@ -284,3 +284,33 @@ def evaluate(
     else:
         print(f"{name} test error {error:.2f}% (accuracy {100 - error:.2f}%, loss {loss:.4f}) of {path}")
     return 0
+
+
+def prepare_workers(
+    spec: str,
+    set_args: list[str],
+    dataset: str,
+    flags: dict[str, Any],
+    processes: int,
+    data_root: str | None,
+    download: bool,
+    weights: str | None,
+    reset_classifier: bool,
+) -> str:
+    """Before data-parallel workers start: check what can be checked in one process (usage, the spec
+    against the dataset, the data, a weights file), so that a mistake is told once; fetch the data
+    if asked. Returns the network's name."""
+    config = resolve(dataset, **flags)
+    check(config, processes)
+    network, _ = bind(spec, dsl.parse_overrides(set_args), dataset, config.augment, class_count(dataset, data_root))
+    if download:
+        from .download import ensure
+
+        ensure(dataset, data_root)
+    g = compiler.build_graph(network)
+    load(dataset, data_root, shape=tuple(g.nodes["input"]["shape"]))  # missing data: say so once
+    if weights:  # a file that does not fit: say so once
+        from compiler.emit import emit
+
+        load_into(emit(g), weights, classifier_modules(g) if reset_classifier else (), network.name)
+    return network.name

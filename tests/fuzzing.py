@@ -9,6 +9,7 @@ import re
 import signal
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
@@ -167,17 +168,23 @@ def grammar_specs() -> st.SearchStrategy[str]:
     return from_lark(grammar, explicit=explicit)
 
 
-def check(text: str, filename: str | None = None) -> str:
-    """The oracle: a valid network ("valid") or a DnetError located at a line and column of the input,
-    rendered as file:line:col: error: ... ("error"); anything else fails the caller's assertion."""
+def check(source: str | Path, filename: str | None = None) -> str:
+    """The oracle, for spec text (named `filename`) or a spec file: a valid network ("valid") or a
+    DnetError located at a line and column of the input and rendered as file:line:col: error: ...
+    ("error"); anything else fails the caller's assertion."""
     try:
-        compiler.build_graph(dsl.parse(text, filename) if filename else dsl.parse(text))
+        if isinstance(source, Path):
+            network = dsl.load(source)
+        else:
+            network = dsl.parse(source, filename) if filename else dsl.parse(source)
+        compiler.build_graph(network)
     except dsl.DnetError as e:
-        assert e.line is not None and e.col is not None and e.line >= 1 and e.col >= 1, (text, str(e))
+        assert e.line is not None and e.col is not None and e.line >= 1 and e.col >= 1, (source, str(e))
         rendered = str(e)
         where = e.file or "<string>"
         assert rendered.startswith(f"{where}:{e.line}:{e.col}: error: "), rendered
         assert "__ANON" not in rendered and "Traceback" not in rendered, rendered
+        assert e.file is not None or (filename is None and not isinstance(source, Path)), rendered
         return "error"
     return "valid"
 
