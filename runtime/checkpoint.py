@@ -4,7 +4,7 @@ A checkpoint file is one header line, `DNETC-CHECKPOINT/2 sha256=<hex>`, then th
 the state; the checksum covers every byte after the header, so any flipped or missing byte is caught
 (format 1 wrapped the bytes in a second torch file, whose own bytes went unchecked; it still loads).
 A file is written to a temporary file in the same folder, fsynced, and renamed over the old one, so
-that a crash leaves either the old file or the new (and a temporary file, which the next save
+that a crash leaves either the old file or the new (and a temporary file, which the next run
 removes). Everything loads with weights_only=True: a crafted pickle cannot run code.
 """
 
@@ -52,13 +52,12 @@ def save(state: dict[str, Any], path: str | Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
-    remove_stale(path.parent)
     return path
 
 
 def remove_stale(folder: Path) -> None:
-    """Temporary files of other processes: a run's folder has one writer, so they were killed while
-    writing."""
+    """Temporary files of other processes, removed when a run starts: a run's folder has one writer,
+    so they were left by a process killed while writing."""
     for stale in folder.glob(".*.tmp-*"):
         if stale.name.rsplit("-", 1)[-1] != str(os.getpid()):
             stale.unlink(missing_ok=True)
@@ -114,6 +113,11 @@ def _load_format_1(path: Path, data: bytes, map_location: str | torch.device) ->
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or altered?): {e}") from None
     if not isinstance(outer, dict) or outer.get("format") != FORMAT_1:
         raise CheckpointError(f"{path} is not a dnetc checkpoint")
+    return unwrap_format_1(path, outer, map_location)
+
+
+def unwrap_format_1(path: Path, outer: dict[str, Any], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The state inside a loaded format-1 checkpoint, its checksum verified."""
     if not isinstance(outer.get("payload"), torch.Tensor):
         raise CheckpointError(f"{path} is corrupt: it holds no state")
     payload = outer["payload"].numpy().tobytes()

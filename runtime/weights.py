@@ -40,11 +40,12 @@ def read(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise WeightsError(f"no weights file at {path}")
     try:
-        state = checkpoint.load(path) if checkpoint.is_checkpoint(path) else None
-        if state is None:
+        if checkpoint.is_checkpoint(path):
+            state = checkpoint.load(path)
+        else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT_1:
-                state = checkpoint.load(path)
+                state = checkpoint.unwrap_format_1(path, state)
     except checkpoint.CheckpointError as e:
         raise WeightsError(str(e)) from None
     except Exception as e:

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from runtime import checkpoint
+from runtime import checkpoint, weights
 from runtime.cli import main
 
 from .conftest import bench
@@ -84,6 +84,16 @@ def test_training_on_a_full_disk_stops_with_a_message_and_its_last_checkpoint(tm
     assert not list((tmp_path / "checkpoints").glob(".*"))
 
 
+def test_a_run_removes_the_temporary_files_of_a_writer_killed_mid_write(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    stale = folder / ".latest.pt.tmp-999999"
+    stale.write_bytes(b"half a checkpoint")
+    assert main([*TINY, "--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert not stale.exists()
+    assert checkpoint.load(folder / "latest.pt")["epoch"] == 1
+
+
 def test_flipped_and_truncated_bytes_are_detected_and_named(tmp_path):
     path = tmp_path / "latest.pt"
     checkpoint.save(state(3), path)
@@ -150,7 +160,10 @@ def test_format_1_checkpoints_still_load(tmp_path):
     }
     torch.save(old, tmp_path / "old.pt")
     assert torch.equal(checkpoint.load(tmp_path / "old.pt")["model"]["w"], state(4)["model"]["w"])
+    assert torch.equal(weights.read(tmp_path / "old.pt")["w"], state(4)["model"]["w"])  # --weights reads it too
     old["payload"][100] ^= 1
     torch.save(old, tmp_path / "old.pt")
     with pytest.raises(checkpoint.CheckpointError, match="checksum does not match"):
         checkpoint.load(tmp_path / "old.pt")
+    with pytest.raises(weights.WeightsError, match="checksum does not match"):
+        weights.read(tmp_path / "old.pt")
