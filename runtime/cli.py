@@ -1,7 +1,8 @@
-"""The `dnetc` command: validate, report, draw (and later train) a .dnet spec.
+"""The `dnetc` command line: its arguments, which stage each asks for, and the exit codes.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad spec or usage. Validation, `--json` and `--viz`
-never import torch; `--summary` does, for torchinfo's table.
+Exit codes: 0 ok, 1 runtime failure, 2 bad spec or usage; a user's mistake is one message, never a
+traceback. Validation, `--json` and `--viz` never import torch; `--summary` does, for torchinfo's
+table. What the commands write is in `outputs.py`, training and evaluation in `launch.py`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import fields
 
 import dsl
+from compiler.estimate import DTYPE_BYTES
 from runtime import version
+from runtime.outputs import EMIT_FORMATS, EXPORT_FORMATS, draw, emit_source, export, summary
 from runtime.weights import WeightsError
-
-DTYPES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
 EPILOG = """\
 examples:
@@ -73,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtype",
-        choices=tuple(DTYPES),
+        choices=tuple(DTYPE_BYTES),
         default="float32",
         help="element type for the training-memory estimate (default float32)",
     )
@@ -259,76 +260,13 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
-EMIT_FORMATS = ("python",)
-EXPORT_FORMATS = ("onnx",)
-
-
-def emit_source(g, path: str | None, memory: str, overrides: list[str]) -> int:
-    """`--emit python [FILE]`: the standalone source, memory-efficient by default when the spec or
-    `--memory` asks for a lowering other than naive (checkpointing stands in for `shared`)."""
-    from compiler.source import python_source
-
-    text = python_source(g, memory_efficient=memory != "naive", overrides=overrides)
-    if path is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as e:
-        print(f"error: cannot write `{path}`: {e.strerror or e}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
-
-
-def export(g, path: str, weights: str | None, reset_classifier: bool) -> int:
-    """`--export onnx FILE`: the naive lowering in eval mode, with the weights given."""
-    from compiler.emit import emit
-    from compiler.export import ExportError, onnx
-    from runtime.weights import classifier_modules, load_into
-
-    model = emit(g, "naive")
-    if weights:
-        reset = classifier_modules(g) if reset_classifier else ()
-        load_into(model, weights, reset, g.graph["name"])
-    try:
-        onnx(model, tuple(g.nodes["input"]["shape"]), path)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
-
-
 def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from runtime.checkpoint import CheckpointError
     from runtime.data import DataError
     from runtime.launch import evaluate, train
-    from runtime.train import TrainingError, UsageError
+    from runtime.train import Config, TrainingError, UsageError
 
-    names = (
-        "epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "schedule",
-        "augment",
-        "seed",
-        "deterministic",
-        "device",
-        "precision",
-        "channels_last",
-        "compile",
-        "checkpoint_every",
-        "keep",
-        "memory",
-        "sync_bn",
-        "accumulate",
-        "workers",
-        "extra_data",
-        "validation",
-    )
-    flags = {n: getattr(args, n) for n in names}
+    flags = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}  # the run flags
     try:
         if args.eval is not None:
             return evaluate(
@@ -395,80 +333,6 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str], flags: dict) -> int:
     if args.out is None and args.resume is None:
         rest += ["--out", str(run_dir(name, args.train, None))]
     return distributed.launch(rest, args.nproc)
-
-
-def summary(
-    g, depth: int, memory: str, batch: int, dtype: str, quiet_table: bool = False, weights: str | None = None
-) -> None:
-    """torchinfo's table of the emitted module, the graph's per-block table (checked against each
-    other), and the estimated training memory of each lowering; with `weights`, loaded first."""
-    import torchinfo
-
-    from compiler import report
-    from compiler.emit import emit
-    from compiler.memory import choose_lowering
-    from runtime.weights import load_into
-
-    lowering = choose_lowering(g, memory, batch)
-    model = emit(g, lowering)
-    loaded = load_into(model, weights, name=g.graph["name"]) if weights else 0
-    shape = (1, *g.nodes["input"]["shape"])
-    stats = torchinfo.summary(
-        model, input_size=shape, depth=depth, verbose=0, col_names=("output_size", "num_params", "mult_adds")
-    )
-    out = sys.stderr if quiet_table else sys.stdout
-    print(stats, file=out)
-    print(file=out)
-    print(report.unit_table(g), file=out)
-    print(file=out)
-    agree = stats.total_params == g.graph["params"] and stats.total_mult_adds == g.graph["macs"]
-    print(
-        "The graph's counts "
-        + (
-            "equal torchinfo's."
-            if agree
-            else f"DIFFER from torchinfo's ({stats.total_params:,} params, {stats.total_mult_adds:,} MACs)."
-        ),
-        file=out,
-    )
-    print(report.CONVENTION, file=out)
-    print(file=out)
-    print(report.memory_table(g, batch, dtype, lowering), file=out)
-    if weights:
-        print(f"\nWeights: {loaded} tensors from {weights}, every one matched.", file=out)
-
-
-def draw(g, path: str, detail: str) -> int:
-    import graphviz
-
-    from compiler import viz
-
-    fmt = path.rsplit(".", 1)[-1].lower() if "." in Path(path).name else ""
-    if fmt not in viz.FORMATS:
-        print(
-            f"error: cannot tell the diagram format of `{path}`: end it in " + ", ".join(f".{f}" for f in viz.FORMATS),
-            file=sys.stderr,
-        )
-        return 2
-    dot = viz.diagram(g, detail)  # type: ignore[arg-type]
-    try:
-        viz.render(dot, path)
-    except graphviz.ExecutableNotFound:
-        source = str(Path(path).with_suffix(".dot"))
-        viz.render(dot, source)
-        print(
-            f"error: Graphviz's `dot` program is not installed, so `{path}` was not drawn.\n"
-            f"  wrote the diagram's source to `{source}`\n"
-            "  = help: install Graphviz (Debian/Ubuntu: `apt-get install graphviz`, macOS: `brew install graphviz`,"
-            f" conda: `conda install graphviz`), then run `dot -T{fmt} {source} -o {path}` or this command again",
-            file=sys.stderr,
-        )
-        return 1
-    except OSError as e:
-        print(f"error: cannot write `{path}`: {e.strerror or e}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,133 @@
+"""What dnetc writes of a compiled network: the summary tables, a diagram, the standalone source,
+an ONNX file. The writers return an exit code (0; 1 for a failure, 2 for a diagram path of no known
+format), told on stderr; torch and graphviz are imported only by the outputs that need them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import networkx as nx
+
+EMIT_FORMATS = ("python",)
+EXPORT_FORMATS = ("onnx",)
+
+
+def emit_source(g: nx.DiGraph, path: str | None, memory: str, overrides: list[str]) -> int:
+    """`--emit python [FILE]`: the standalone source, memory-efficient by default when the spec or
+    `--memory` asks for a lowering other than naive (checkpointing stands in for `shared`)."""
+    from compiler.source import python_source
+
+    text = python_source(g, memory_efficient=memory != "naive", overrides=overrides)
+    if path is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        print(f"error: cannot write `{path}`: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+def export(g: nx.DiGraph, path: str, weights: str | None, reset_classifier: bool) -> int:
+    """`--export onnx FILE`: the naive lowering in eval mode, with the weights given."""
+    from compiler.emit import emit
+    from compiler.export import ExportError, onnx
+    from runtime.weights import classifier_modules, load_into
+
+    model = emit(g, "naive")
+    if weights:
+        reset = classifier_modules(g) if reset_classifier else ()
+        load_into(model, weights, reset, g.graph["name"])
+    try:
+        onnx(model, tuple(g.nodes["input"]["shape"]), path)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+def summary(
+    g: nx.DiGraph,
+    depth: int,
+    memory: str,
+    batch: int,
+    dtype: str,
+    quiet_table: bool = False,
+    weights: str | None = None,
+) -> None:
+    """torchinfo's table of the emitted module, the graph's per-block table (checked against each
+    other), and the estimated training memory of each lowering; with `weights`, loaded first."""
+    import torchinfo
+
+    from compiler import report
+    from compiler.emit import emit
+    from compiler.memory import choose_lowering
+    from runtime.weights import load_into
+
+    lowering = choose_lowering(g, memory, batch)
+    model = emit(g, lowering)
+    loaded = load_into(model, weights, name=g.graph["name"]) if weights else 0
+    shape = (1, *g.nodes["input"]["shape"])
+    stats = torchinfo.summary(
+        model, input_size=shape, depth=depth, verbose=0, col_names=("output_size", "num_params", "mult_adds")
+    )
+    out = sys.stderr if quiet_table else sys.stdout
+    print(stats, file=out)
+    print(file=out)
+    print(report.unit_table(g), file=out)
+    print(file=out)
+    agree = stats.total_params == g.graph["params"] and stats.total_mult_adds == g.graph["macs"]
+    print(
+        "The graph's counts "
+        + (
+            "equal torchinfo's."
+            if agree
+            else f"DIFFER from torchinfo's ({stats.total_params:,} params, {stats.total_mult_adds:,} MACs)."
+        ),
+        file=out,
+    )
+    print(report.CONVENTION, file=out)
+    print(file=out)
+    print(report.memory_table(g, batch, dtype, lowering), file=out)
+    if weights:
+        print(f"\nWeights: {loaded} tensors from {weights}, every one matched.", file=out)
+
+
+def draw(g: nx.DiGraph, path: str, detail: str) -> int:
+    """`--viz FILE`: the diagram in the format FILE's suffix names; without Graphviz's `dot`, its
+    source, so that nothing is lost, and how to install it."""
+    import graphviz
+
+    from compiler import viz
+
+    fmt = path.rsplit(".", 1)[-1].lower() if "." in Path(path).name else ""
+    if fmt not in viz.FORMATS:
+        print(
+            f"error: cannot tell the diagram format of `{path}`: end it in " + ", ".join(f".{f}" for f in viz.FORMATS),
+            file=sys.stderr,
+        )
+        return 2
+    dot = viz.diagram(g, detail)  # type: ignore[arg-type]
+    try:
+        viz.render(dot, path)
+    except graphviz.ExecutableNotFound:
+        source = str(Path(path).with_suffix(".dot"))
+        viz.render(dot, source)
+        print(
+            f"error: Graphviz's `dot` program is not installed, so `{path}` was not drawn.\n"
+            f"  wrote the diagram's source to `{source}`\n"
+            "  = help: install Graphviz (Debian/Ubuntu: `apt-get install graphviz`, macOS: `brew install graphviz`,"
+            f" conda: `conda install graphviz`), then run `dot -T{fmt} {source} -o {path}` or this command again",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as e:
+        print(f"error: cannot write `{path}`: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
