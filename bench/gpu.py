@@ -28,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import mfu, peak_tflops, torchvision_model  # noqa: E402
+
 import compiler  # noqa: E402
 import dsl  # noqa: E402
 
@@ -64,18 +66,6 @@ CONFIGS = [
     },
 ]
 AUTHORS = {"s_per_iter": 0.156, "memory_mb": 5452}  # Lua Torch, TitanX, no memory sharing
-# dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for model FLOP utilisation
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def peak_tflops(name: str) -> float | None:
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-
-
-def torchvision_model(name: str) -> torch.nn.Module:
-    import torchvision
-
-    return getattr(torchvision.models, name)(weights=None)
 
 
 def measure(cfg: dict, device: str, batch: int, steps: int, spec: str, torchvision: bool = False) -> dict:
@@ -122,9 +112,8 @@ def _mb(mb: float | None) -> str:
 
 
 def _mfu(row: dict, macs: int, batch: int, peak: float | None) -> str:
-    if peak is None:
-        return "n/a"
-    return f"{100 * 6 * macs * batch / row['s_per_iter'] / (peak * 1e12):.1f}%"
+    u = mfu(macs, batch, row["s_per_iter"], peak)
+    return "n/a" if u is None else f"{100 * u:.1f}%"
 
 
 def compare(device: str, batch: int, steps: int, spec: str) -> list[dict]:

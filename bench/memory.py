@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from common import machine  # noqa: E402
+
 from dsl.spec import LOWERINGS  # noqa: E402
 
 # glibc keeps freed blocks of up to 32 MB in its heap once its thresholds adapt, so that the resident
@@ -161,20 +162,6 @@ def _subprocess(run: dict, steps: int) -> dict | None:
         print(f"failed: {run}\n{proc.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def table(results: list[dict], device: str, machine_name: str) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu import peak_tflops, torchvision_model  # noqa: E402
+from common import machine, mfu, peak_tflops, torchvision_model  # noqa: E402
 
 import compiler  # noqa: E402
 import dsl  # noqa: E402
@@ -154,19 +153,6 @@ class Runner:
         self.times.append(time.perf_counter() - t)
 
 
-def machine(device: str) -> str:
-    """The GPU's name, or the CPU's model and core count."""
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or "CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if "model name" in ln), model
-        )
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def results(runners: list[Runner], device: str) -> list[dict]:
     peak = peak_tflops(machine(device)) if device == "cuda" else None
     out = []
@@ -176,35 +162,19 @@ def results(runners: list[Runner], device: str) -> list[dict]:
         macs = compiler.build_graph(dsl.load(c["model"])).graph["macs"]
         out.append(
             {
-                **{k: v for k, v in c.items()},
+                **c,
                 "s_per_iter": s,
                 "images_per_s": c["batch"] / s,
                 "peak_mib": r.peak / 2**20 if device == "cuda" else None,
-                "mfu": 6 * macs * c["batch"] / s / (peak * 1e12) if peak else None,
+                "mfu": mfu(macs, c["batch"], s, peak),
             }
         )
-    for row_ in out:  # against torchvision's eager fp32 step of the same model and batch
-        base = next(
-            (
-                b
-                for b in out
-                if b["impl"] == "torchvision"
-                and b["model"] == row_["model"]
-                and b["batch"] == row_["batch"]
-                and b["name"] == "fp32"
-            ),
-            None,
-        )
-        row_["vs_torchvision_fp32"] = base["s_per_iter"] / row_["s_per_iter"] if base else None
-        same = next(
-            (
-                b
-                for b in out
-                if b["impl"] == "torchvision" and b["model"] == row_["model"] and b["name"] == row_["name"]
-            ),
-            None,
-        )
-        row_["vs_torchvision_same"] = same["s_per_iter"] / row_["s_per_iter"] if same else None
+    # torchvision's step of the same model and batch: eager fp32 (the baseline users have), and with the same switches
+    tv = {(b["model"], b["batch"], b["name"]): b["s_per_iter"] for b in out if b["impl"] == "torchvision"}
+    for r_ in out:
+        fp32, same = tv.get((r_["model"], r_["batch"], "fp32")), tv.get((r_["model"], r_["batch"], r_["name"]))
+        r_["vs_torchvision_fp32"] = fp32 / r_["s_per_iter"] if fp32 else None
+        r_["vs_torchvision_same"] = same / r_["s_per_iter"] if same else None
     return out
 
 
