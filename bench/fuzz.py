@@ -30,7 +30,8 @@ from tests.fuzzing import SOURCES, bounded, check, grammar_specs, mutate, mutate
 
 
 def mutated(rng: random.Random) -> tuple[str, str]:
-    """A zoo file damaged 1-4 times, by characters and tokens or by bytes (decoded as the loader would)."""
+    """A zoo file damaged 1-4 times, by characters and tokens or by bytes; bytes that no longer decode
+    become U+FFFD, so that the damage reaches the parser (tests/test_fuzz.py gives the loader raw bytes)."""
     name, text = rng.choice(sorted(SOURCES.items()))
     if rng.random() < 0.5:
         for _ in range(rng.randint(1, 4)):
