@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
-# The speed issue's GPU numbers in one call, under 8 minutes on an H100 (results and log in OUT):
-#   bash bench/gpu.sh OUT
-# bench/speed.py: densenet121/169 at batch 256 against torchvision's (fp32; bf16 + channels_last;
-# compiled), the shared and checkpoint lowerings, fused SGD, DenseNet-BC-100-12 at batch 64 eager,
-# as a CUDA graph and compiled with CUDA graphs. No row starts being built after 250 s, so that the
-# timed steps of every row built still fit; rows left out are named in the results.
-# The other GPU measurements have their own commands: bench/gpu.py (BC-100 configurations next to
-# the authors' TitanX), bench/memory.py --device cuda and bench/lowerings.py --device cuda.
+# The GPU measurements in one call, each under its own time limit (results and log in OUT):
+#   bash bench/gpu.sh OUT            the trainer's (about 6 minutes on an H200):
+#     bench/graphs.py   which training steps the trainer captures as CUDA graphs (every lowering x
+#                       dropout x precision) and whether they train as the eager steps do;
+#     bench/trainer.py  the trainer against the isolated step (eager, one CUDA graph) and a hand-written
+#                       loop: DenseNet-BC-100-12 at batch 64 on CIFAR's shapes, densenet121 at batch 256;
+#     bench/decode.py   JPEG decoding and the ImageNet transforms on the GPU against a CPU core's.
+#   bash bench/gpu.sh OUT speed      bench/speed.py's rows against torchvision (under 8 minutes).
+# On the lent machine, after the wheels prefix of ../shared/gpu/README.md.
 set -uo pipefail
 out=${1:-bench/results}
+what=${2:-trainer}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 exec > >(tee -a "$out/gpu.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 start=$SECONDS
-timeout 440 python3 bench/speed.py --device cuda --budget 250 --steps 15 --out "$out"
-echo "== exit $?, $((SECONDS - start)) s"
+step() {  # a limit in seconds, then the command
+    local limit=$1
+    shift
+    echo "== $* (limit ${limit} s)"
+    timeout "$limit" "$@"
+    echo "== exit $?, $((SECONDS - start)) s so far"
+}
+if [ "$what" = speed ]; then
+    step 440 python3 bench/speed.py --device cuda --budget 250 --steps 15 --out "$out"
+    exit 0
+fi
+step 120 python3 bench/graphs.py --device cuda --steps 30 --out "$out"
+step 240 python3 bench/trainer.py --device cuda --rounds 3 --budget 200 --out "$out"
+step 60 python3 bench/decode.py --device cuda --images 512 --out "$out"

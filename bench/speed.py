@@ -89,9 +89,10 @@ class Runner:
     def __init__(self, cfg: dict, device: str) -> None:
         torch.manual_seed(0)
         model = torchvision_model(cfg["model"]) if cfg["impl"] == "torchvision" else None
+        overrides = cfg.get("overrides", {})
         if model is None:
-            model = compiler.compile(cfg["model"], memory=cfg["memory"])
-        shape = compiler.build_graph(dsl.load(cfg["model"])).nodes["input"]["shape"]
+            model = compiler.compile(cfg["model"], memory=cfg["memory"], **overrides)
+        shape = compiler.build_graph(dsl.load(cfg["model"], **overrides)).nodes["input"]["shape"]
         fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
         self.model = model.to(device, memory_format=fmt)
         extra = {"fused": True} if cfg["fused"] else {}

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import networkx as nx
+
 import dsl
 
 from .graph import build_graph
@@ -17,14 +19,15 @@ if TYPE_CHECKING:
 
 
 def compile(
-    path_or_spec: str | Path | dsl.Network,
+    path_or_spec: str | Path | dsl.Network | nx.DiGraph,
     /,
     memory: str | None = None,
     batch: int = 64,
     device: str | None = None,
     **overrides: Any,
 ) -> torch.nn.Module:
-    """Build the PyTorch module of a spec file, a zoo name or a validated `dsl.Network`.
+    """Build the PyTorch module of a spec file, a zoo name, a validated `dsl.Network` or its graph
+(`build_graph`'s, which is then not built again).
 
     `memory` picks how dense blocks are lowered: naive, checkpoint, shared, or auto (by the
     estimated training memory at `batch` against what `device` has free); by default the spec's
@@ -33,16 +36,19 @@ def compile(
     from .emit import emit
     from .memory import choose_lowering
 
-    if isinstance(path_or_spec, dsl.Network):
-        if overrides:
-            raise TypeError("overrides apply to a spec file or zoo name; a Network is already bound")
+    g = path_or_spec if isinstance(path_or_spec, nx.DiGraph) else None
+    if (g is not None or isinstance(path_or_spec, dsl.Network)) and overrides:
+        raise TypeError("overrides apply to a spec file or zoo name; a Network is already bound")
+    if g is not None:
+        network = g.graph["network"]
+    elif isinstance(path_or_spec, dsl.Network):
         network = path_or_spec
     else:
         network = dsl.load(path_or_spec, **overrides)
     requested = memory or network.memory or "naive"
     if requested not in dsl.spec.MEMORY_CHOICES:
         raise ValueError(f"memory must be one of {', '.join(dsl.spec.MEMORY_CHOICES)}, not {requested!r}")
-    g = build_graph(network)
+    g = g if g is not None else build_graph(network)
     return emit(g, choose_lowering(g, requested, batch, device))
 
 

@@ -5,17 +5,7 @@ This module stays free of torch, so that `dnetc SPEC` validates without importin
 
 from __future__ import annotations
 
-import tomllib
-from importlib import resources
 from typing import Any
-
-# Datasets and the paper's recipes, as data (datasets.toml): read once, used by the CLI and trainer.
-DATASETS: dict[str, dict[str, Any]] = tomllib.loads(
-    resources.files(__name__).joinpath("datasets.toml").read_text(encoding="utf-8")
-)
-for _entry in DATASETS.values():  # `like = "imagenet"`: that entry's constants, then this one's
-    if "like" in _entry:
-        _entry |= {**DATASETS[_entry["like"]], **_entry}
 
 
 def version() -> str:

@@ -55,6 +55,12 @@ def save(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def inference_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights a checkpoint names for evaluation, fine-tuning and export: those of a training
+    feature that keeps its own (`--ema`'s average), else the model's."""
+    return state[state.get("inference", "model")]
+
+
 def remove_stale(folder: Path) -> None:
     """Temporary files of other processes, removed when a run starts: a run's folder has one writer,
     so they were left by a process killed while writing."""

@@ -17,6 +17,8 @@ from dataclasses import fields
 import dsl
 from compiler.estimate import DTYPE_BYTES
 from runtime import version
+from runtime.config import COMPILE_MODES, DECODERS, PRECISIONS
+from runtime.optim import OPTIMIZERS
 from runtime.outputs import EMIT_FORMATS, EXPORT_FORMATS, draw, emit_source, export, summary
 from runtime.weights import WeightsError
 
@@ -134,6 +136,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--extra-data", action="store_true", default=None, help="SVHN: train on train + extra")
     t.add_argument("--validation", type=int, metavar="N", help="hold N training images out (SVHN default 6000)")
     t.add_argument("--workers", type=int, metavar="N", help="data-loading processes for image folders")
+    t.add_argument(
+        "--decode",
+        choices=DECODERS,
+        help="image folders: decode training JPEGs in the workers or on the device (default: device on CUDA)",
+    )
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -149,14 +156,34 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="default 0; recorded in the run")
     t.add_argument("--deterministic", action="store_true", default=None, help="repeatable runs on one machine")
     t.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast (default bf16 on CUDA)")
+    t.add_argument(
+        "--precision", choices=PRECISIONS, help="autocast (default: by device and input size, docs/performance.md)"
+    )
     t.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="the channels-last layout for 2D networks (default on; measured faster on CPU and GPU)",
+        help="the channels-last layout for 2D networks (default: by device and input size)",
     )
-    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    t.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=COMPILE_MODES,
+        metavar="MODE",
+        help=f"torch.compile the model ({', '.join(COMPILE_MODES)}; default: default)",
+    )
+    t.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay each training step as one CUDA graph (default: on CUDA wherever it applies)",
+    )
+    t.add_argument("--optimizer", choices=tuple(OPTIMIZERS), help="default sgd, the paper's (adamw: lr 1e-3, wd 0.05)")
+    t.add_argument("--ema", type=float, metavar="DECAY", help="evaluate and save an average of the weights (0.999)")
+    t.add_argument(
+        "--max-steps", type=int, metavar="N", help="stop after N steps, saving a resumable checkpoint (smoke tests)"
+    )
     t.add_argument("--checkpoint-every", type=float, metavar="MINUTES", help="also checkpoint within epochs")
     t.add_argument("--keep", type=int, help="how many epoch checkpoints to keep (default 3)")
     t.add_argument(
@@ -262,9 +289,9 @@ def run(argv: Sequence[str]) -> int:
 
 def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from runtime.checkpoint import CheckpointError
+    from runtime.config import Config, TrainingError, UsageError
     from runtime.data import DataError
     from runtime.launch import evaluate, train
-    from runtime.train import Config, TrainingError, UsageError
 
     flags = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}  # the run flags
     try:
@@ -276,16 +303,16 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
             return _spawn(args, argv, flags)
         return train(
             args.spec,
-            args.overrides,
             args.train,
-            flags,
-            args.out,
-            args.resume,
-            args.data,
-            args.download,
+            recorded=args.overrides,
+            flags=flags,
+            out=args.out,
+            resume=args.resume,
+            data_root=args.data,
+            download=args.download,
             weights=args.weights,
             reset_classifier=args.reset_classifier,
-        )
+        )["code"]
     except (DataError, CheckpointError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

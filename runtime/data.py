@@ -14,7 +14,7 @@ import os
 import pickle
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,16 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import DATASETS
+from .datasets import DataError, Dataset, dataset
 
 if TYPE_CHECKING:
     from .distributed import World
 
+__all__ = ["LOADERS", "Data", "DataError", "Request", "Split", "dataset", "load", "loader"]
+
 PAD = 4  # CIFAR augmentation: zero-pad 4, random crop back
-
-
-class DataError(Exception):
-    """A dataset that is missing, corrupt or not what it should be: the message says what to do."""
 
 
 @dataclass
@@ -49,8 +47,10 @@ class Split:
 
 @dataclass
 class Data:
-    """A dataset held whole in tensors; the trainer asks it for batches (as it asks runtime.images'
-    folder datasets, which decode files in worker processes)."""
+    """A dataset held whole in tensors on the training device. A training batch is a few small
+    tensors (the samples' indices and their augmentation's draws); `materialise` turns them into
+    images on the device, inside the training step (and so inside its CUDA graph). runtime.images'
+    folder datasets answer the same two calls with images decoded in worker processes."""
 
     name: str
     classes: int
@@ -74,21 +74,30 @@ class Data:
 
     def batches(
         self, order: Tensor, start: int, steps: int, batch: int, world: World, augment: bool, seed: int, epoch: int
-    ) -> Iterator[tuple[Tensor, Tensor, int]]:
-        """Steps `start` to `steps` of an epoch in `order`: (this rank's images, labels, global batch
-        size). Augmentation is drawn for the global batch from a generator seeded by (seed, epoch,
-        step), so that a resumed run or any number of ranks sees the same images."""
+    ) -> Iterator[tuple[dict[str, Tensor], int]]:
+        """Steps `start` to `steps` of an epoch in `order`: this rank's share of each global batch
+        (indices, and crop offsets and flips when augmenting) and the global batch's size.
+        Augmentation is drawn for the global batch from a generator seeded by (seed, epoch, step),
+        so that a resumed run or any number of ranks sees the same images."""
         order = order.to(self.train.images.device)
         for step in range(start, steps):
             index = order[step * batch : (step + 1) * batch]
-            x = normalise(self.train.images[index], self.mean, self.std)
+            share = world.share(len(index))
+            inputs = {"index": index[share]}
             if augment:
-                x = crop_and_flip(x, PAD, generator(seed, epoch, step))
-            y = self.train.labels[index]
-            if world.size > 1:
-                share = world.share(len(index))
-                x, y = x[share], y[share]
-            yield x, y, len(index)
+                offsets, flip = draw_crop_and_flip(
+                    len(index), self.train.images.dim() - 2, PAD, generator(seed, epoch, step)
+                )
+                inputs |= {"offsets": offsets[:, share], "flip": flip[share]}
+            yield inputs, len(index)
+
+    def materialise(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """A batch's images (normalised, augmented) and labels, from `batches`' tensors, on the device."""
+        index = inputs["index"]
+        x = normalise(self.train.images[index], self.mean, self.std)
+        if "offsets" in inputs:
+            x = apply_crop_and_flip(x, PAD, inputs["offsets"], inputs["flip"])
+        return x, self.train.labels[index]
 
     def test_batches(self, part: slice, size: int = 256, split: str = "test") -> Iterator[tuple[Tensor, Tensor]]:
         """The images of `part` of the test (or validation) split, normalised, `size` at a time."""
@@ -113,30 +122,48 @@ def default_root() -> Path:
     return cache / "dnetc" / "data"
 
 
-def dataset(name: str) -> dict[str, Any]:
-    """The table entry of a dataset, or a DataError that suggests the likely name."""
-    if name not in DATASETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, DATASETS, n=1)
-        hint = f"; did you mean `{close[0]}`?" if close else ""
-        raise DataError(f"unknown dataset `{name}`: choose one of {', '.join(DATASETS)}{hint}")
-    return DATASETS[name]
-
-
 def folder_root(name: str, root: str | Path | None) -> Path:
     """An image-folder dataset's folder (holding train/ and val/): --data, else under the default root."""
     return Path(root) if root is not None else default_root() / name
 
 
 def class_count(name: str, root: str | Path | None = None) -> int:
-    """A dataset's classes: from the table, or counted from an image-folder dataset's folders."""
-    info = dataset(name)
-    if info["classes"]:
-        return info["classes"]
+    """A dataset's classes: from its record, or counted from an image-folder dataset's folders."""
+    ds = dataset(name)
+    if ds.classes:
+        return ds.classes
     from .images import count_classes
 
     return count_classes(folder_root(name, root))
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the trainer asks of a loader: the network's input shape, the run's seed and data flags."""
+
+    root: Path | None = None  # --data
+    shape: tuple[int, ...] | None = None  # channels, *sizes of the network's input
+    seed: int = 0
+    augment: bool = True
+    ten_crop: bool = False
+    workers: int | None = None
+    extra: bool = False  # SVHN's extra images
+    validation: int = 0  # training images held out
+    decode: str = "workers"  # image files: decoded in worker processes, or on the training device
+
+
+Loader = Callable[["Dataset", Request], Any]
+LOADERS: dict[str, Loader] = {}
+
+
+def loader(name: str) -> Callable[[Loader], Loader]:
+    """Register a function that reads the datasets whose record says `loader = name`."""
+
+    def register(fn: Loader) -> Loader:
+        LOADERS[name] = fn
+        return fn
+
+    return register
 
 
 def load(
@@ -149,54 +176,48 @@ def load(
     workers: int | None = None,
     extra: bool = False,
     validation: int = 0,
+    decode: str = "workers",
 ) -> Data | Any:
     """A dataset by name, its images fitted to `shape` (channels, *sizes) when given. Image-folder
-    datasets (imagenet) come as runtime.images.Folders, decoded in `workers` processes."""
-    info = dataset(name)
-    if info.get("kind") == "folder":
-        from . import images
+    datasets (imagenet) come as runtime.images.Folders, decoded in `workers` processes (or, with
+    `decode="device"`, their training images on the training device)."""
+    ds = dataset(name)
+    root_path = None if root is None else Path(root)
+    request = Request(root_path, shape, seed, augment, ten_crop, workers, extra, validation, decode)
+    return LOADERS[ds.loader](ds, request)
 
-        workers = min(8, os.cpu_count() or 1) if workers is None else workers
-        shape = shape or tuple(info["shape"])
-        return images.load(name, info, folder_root(name, root), shape, seed, augment, ten_crop, workers)
-    if ten_crop:
-        raise DataError(f"--ten-crop is for image-folder datasets such as imagenet, not {name}")
-    root = Path(root) if root is not None else default_root()
-    if name == "fake":
-        train, test = _fake(info, shape or tuple(info["shape"]), info["classes"], seed)
-    elif name == "shapes":
-        train, test = _shapes(info, shape or tuple(info["shape"]), seed)
-    elif name == "digits":
-        train, test = _digits(info, seed)
-    elif name.startswith("cifar"):
-        train, test = _cifar(info, root)
-    else:
-        train, test = _svhn(info, root, extra)
+
+def tensors(ds: Dataset, train: Split, test: Split, request: Request) -> Data:
+    """A dataset read into tensors, checked, its validation split held out and fitted to the network."""
+    if request.ten_crop:
+        raise DataError(f"--ten-crop is for image-folder datasets such as imagenet, not {ds.key}")
     for split, what in ((train, "training"), (test, "test")):
-        _check(split, info, name, what)
+        _check(split, ds, what)
     channels = train.images.shape[1]
-    mean = torch.tensor(info["mean"], dtype=torch.float32)[:channels].expand(channels).clone()
-    std = torch.tensor(info["std"], dtype=torch.float32)[:channels].expand(channels).clone()
+    mean = torch.tensor(ds.info["mean"], dtype=torch.float32)[:channels].expand(channels).clone()
+    std = torch.tensor(ds.info["std"], dtype=torch.float32)[:channels].expand(channels).clone()
     val = None
+    validation = request.validation
     if validation:  # a fixed choice, the same for every run of the dataset
         if not 0 < validation < len(train):
             raise DataError(
-                f"cannot hold {validation} of the {len(train)} training images of {name} out for validation"
+                f"cannot hold {validation} of the {len(train)} training images of {ds.key} out for validation"
             )
         order = torch.randperm(len(train), generator=generator(0))
         val = Split(train.images[order[:validation]], train.labels[order[:validation]])
         train = Split(train.images[order[validation:]], train.labels[order[validation:]])
-    data = Data(name, info["classes"], train, test, mean, std, val)
-    return fit(data, shape) if shape is not None else data
+    data = Data(ds.key, ds.classes, train, test, mean, std, val)
+    return fit(data, request.shape) if request.shape is not None else data
 
 
-def _check(split: Split, info: dict, name: str, what: str) -> None:
+def _check(split: Split, ds: Dataset, what: str) -> None:
+    name = ds.key
     if split.images.dtype != torch.uint8 or split.images.dim() < 3 or len(split.images) != len(split.labels):
         raise DataError(f"{name}: the {what} images are not a batch of uint8 images with one label each")
-    if len(split.labels) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= info["classes"]):
+    if len(split.labels) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= ds.classes):
         raise DataError(
             f"{name}: {what} labels run from {int(split.labels.min())} to {int(split.labels.max())}, "
-            f"outside 0..{info['classes'] - 1}: the files are corrupt or not {name}'s"
+            f"outside 0..{ds.classes - 1}: the files are corrupt or not {name}'s"
         )
 
 
@@ -234,18 +255,23 @@ def fit(data: Data, shape: tuple[int, ...]) -> Data:
 # ---- the datasets --------------------------------------------------------------------------
 
 
-def _fake(info: dict, shape: tuple[int, ...], classes: int, seed: int) -> tuple[Split, Split]:
-    g = torch.Generator().manual_seed(seed)
+@loader("fake")
+def _fake(ds: Dataset, request: Request) -> Data:
+    """Random images and labels, at the network's input shape (or the record's)."""
+    g = torch.Generator().manual_seed(request.seed)
+    shape = request.shape or ds.shape
 
     def split(n: int) -> Split:
         images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
-        return Split(images, torch.randint(0, classes, (n,), generator=g))
+        return Split(images, torch.randint(0, ds.classes, (n,), generator=g))
 
-    return split(info["train_size"]), split(info["test_size"])
+    return tensors(ds, split(ds.info["train_size"]), split(ds.info["test_size"]), request)
 
 
-def _shapes(info: dict, shape: tuple[int, ...], seed: int) -> tuple[Split, Split]:
+@loader("shapes")
+def _shapes(ds: Dataset, request: Request) -> Data:
     """Circles, squares and triangles (classes 1-3) on a noisy background (0), with their masks."""
+    info, seed, shape = ds.info, request.seed, request.shape or ds.shape
     if len(shape) != 3:
         raise DataError(f"shapes are drawn in 2D; the network takes {len(shape) - 1}D input")
     channels, height, width = shape
@@ -273,11 +299,14 @@ def _shapes(info: dict, shape: tuple[int, ...], seed: int) -> tuple[Split, Split
                 masks[i][inside] = kind
         return Split(images, masks)
 
-    return draw(info["train_size"]), draw(info["test_size"])
+    return tensors(ds, draw(info["train_size"]), draw(info["test_size"]), request)
 
 
-def _digits(info: dict, seed: int) -> tuple[Split, Split]:
+@loader("digits")
+def _digits(ds: Dataset, request: Request) -> Data:
     from sklearn.datasets import load_digits
+
+    info, seed = ds.info, request.seed
 
     bunch = load_digits()
     images = torch.from_numpy(bunch.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
@@ -289,7 +318,7 @@ def _digits(info: dict, seed: int) -> tuple[Split, Split]:
         members = (labels == c).nonzero().flatten()
         chosen = members[torch.randperm(len(members), generator=g)[: round(len(members) * info["test_fraction"])]]
         test[chosen] = True
-    return Split(images[~test], labels[~test]), Split(images[test], labels[test])
+    return tensors(ds, Split(images[~test], labels[~test]), Split(images[test], labels[test]), request)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -335,8 +364,9 @@ def _missing(info: dict, name: str, root: Path, files: list[str]) -> DataError:
     )
 
 
-def _cifar(info: dict, root: Path) -> tuple[Split, Split]:
-    name = info["name"]
+@loader("cifar")
+def _cifar(ds: Dataset, request: Request) -> Data:
+    info, name, root = ds.info, ds.name, request.root or default_root()
     folder, archive = root / info["folder"], root / info["archive"]
     if folder.is_dir():
 
@@ -385,11 +415,14 @@ def _cifar(info: dict, root: Path) -> tuple[Split, Split]:
             labels.append(torch.as_tensor(list(target), dtype=torch.long))
         return Split(torch.cat(images), torch.cat(labels))
 
-    return split(info["train"]), split(info["test"])
+    return tensors(ds, split(info["train"]), split(info["test"]), request)
 
 
-def _svhn(info: dict, root: Path, extra: bool = False) -> tuple[Split, Split]:
+@loader("svhn")
+def _svhn(ds: Dataset, request: Request) -> Data:
     import scipy.io
+
+    info, root = ds.info, request.root or default_root()
 
     def split(which: str) -> Split:
         path = root / info["files"][which]
@@ -412,10 +445,10 @@ def _svhn(info: dict, root: Path, extra: bool = False) -> tuple[Split, Split]:
         return Split(torch.from_numpy(x).permute(3, 2, 0, 1).contiguous().to(torch.uint8), labels)
 
     train = split("train")
-    if extra:  # the paper's SVHN: train + extra
+    if request.extra:  # the paper's SVHN: train + extra
         more = split("extra")
         train = Split(torch.cat([train.images, more.images]), torch.cat([train.labels, more.labels]))
-    return train, split("test")
+    return tensors(ds, train, split("test"), request)
 
 
 # ---- batched augmentation on the device ----------------------------------------------------
@@ -427,18 +460,35 @@ def normalise(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return (images.float() - mean.view(view)) / std.view(view)
 
 
-def crop_and_flip(x: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
-    """Zero-pad every spatial side by `pad`, crop back at a random offset per sample, flip the last
-    spatial dimension of half the samples: the CIFAR augmentation, for any number of dimensions."""
+def draw_crop_and_flip(n: int, dims: int, pad: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The CIFAR augmentation's random draws for n samples: a crop offset per spatial dimension
+    (dims x n, in 0..2 pad) and whether to flip (n), drawn on the CPU in that order."""
+    if pad > 0:
+        offsets = torch.stack([torch.randint(0, 2 * pad + 1, (n,), generator=generator) for _ in range(dims)])
+    else:
+        offsets = torch.zeros(dims, n, dtype=torch.long)
+    return offsets, torch.rand(n, generator=generator).lt(0.5)
+
+
+def apply_crop_and_flip(x: Tensor, pad: int, offsets: Tensor, flip: Tensor) -> Tensor:
+    """Zero-pad every spatial side by `pad`, crop back at each sample's offsets, flip the last spatial
+    dimension where `flip` says: tensor ops only, for any number of dimensions."""
     n, spatial = x.shape[0], x.shape[2:]
     if pad > 0:
         x = F.pad(x, (pad, pad) * len(spatial))
         for d, size in enumerate(spatial):
             dim = 2 + d
-            offset = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(x.device)
-            index = offset.view(n, *([1] * (x.dim() - 1))) + torch.arange(size, device=x.device).view(
+            index = offsets[d].view(n, *([1] * (x.dim() - 1))) + torch.arange(size, device=x.device).view(
                 *([1] * dim), size, *([1] * (x.dim() - dim - 1))
             )
             x = torch.gather(x, dim, index.expand(*x.shape[:dim], size, *x.shape[dim + 1 :]))
-    flip = torch.rand(n, generator=generator, device="cpu").lt(0.5).to(x.device)
     return torch.where(flip.view(n, *([1] * (x.dim() - 1))), x.flip(-1), x)
+
+
+def crop_and_flip(x: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
+    """Pad, crop at a random offset per sample and flip half the samples: the CIFAR augmentation."""
+    offsets, flip = draw_crop_and_flip(x.shape[0], x.dim() - 2, pad, generator)
+    return apply_crop_and_flip(x, pad, offsets.to(x.device), flip.to(x.device))
+
+
+from . import images as _images  # noqa: E402, F401  (registers the image-folder loader)

@@ -4,7 +4,8 @@ or by `dnetc --nproc N` (one machine).
 The batch size is the global one, as in the paper: every rank draws the same global batch from the
 same seeded order and augmentation and trains on its own contiguous share of it, so that N
 processes see the data one process would. Decisions that must agree (stop, save, a non-finite loss)
-ride on the one all-reduce each step already makes for the metrics.
+are taken together at the first step of each window of runtime.step.WINDOW steps, by one small
+all-reduce.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ class World:
             return [float(v) for v in values]
         t = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(t)
+        return t.tolist()
+
+    def sum_tensor(self, t: torch.Tensor) -> list[float]:
+        """A device tensor summed over the ranks and read: one read of the device however long it is."""
+        if self.size > 1:
+            t = t.clone()
+            dist.all_reduce(t)
         return t.tolist()
 
     def gather(self, obj: Any) -> list[Any]:

@@ -17,12 +17,13 @@ CHUNK = 1 << 20
 
 def files(name: str) -> list[tuple[str, str, str]]:
     """(url, file name, md5) of each file a dataset needs; a DataError for one that cannot be fetched."""
-    info = dataset(name)
+    ds = dataset(name)
+    info = ds.info
     if "archive" in info:  # CIFAR: one archive
         return [(info["url"], info["archive"], info["md5"])]
     if "files" in info:  # SVHN: a base URL and a file per split
         return [(info["url"] + f, f, info["md5"][split]) for split, f in info["files"].items()]
-    if info.get("kind") == "folder":
+    if ds.loader == "folder":
         raise DataError(
             f"{name} cannot be downloaded for you: get it from its owners (ImageNet: image-net.org, after "
             "accepting its terms) and give its folder, which holds train/ and val/, with --data"

@@ -6,11 +6,20 @@ resize and centre crop, or ten crops, for testing).
 Each sample's random transform is seeded by (seed, epoch, step, index), so that a resumed run, or a
 run with another number of workers or ranks, draws the same crops. Needs torchvision
 (`pip install 'dnetc[imagenet]'`).
+
+A CPU core decodes and transforms about 230 ImageNet-sized JPEGs a second (bench/decode.py), so a
+16-core machine feeds about 3,500 images/s, fewer than a GPU trains. With `--decode device` (the
+default on CUDA) the workers only read the files and draw each sample's transform, from the same
+seeds and in the same order as the transforms above draw them; the batch is decoded on the device
+(nvJPEG through torchvision.io.decode_jpeg) and cropped, jittered, lit, flipped and normalised
+there with the same arithmetic (uint8 rounding included), so the two paths give the same images up
+to the decoders' and the resize kernels' rounding. Test images are decoded in the workers.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import DataError
+from .data import DataError, Request, folder_root, loader
+from .datasets import DEFAULT_WORKERS, Dataset
 
 if TYPE_CHECKING:
     from .distributed import World
@@ -125,6 +135,116 @@ class Files(torch.utils.data.Dataset):
         return self.transform(img), label
 
 
+# A sample's transform on the device, as drawn in a worker: the crop box, ColorJitter's order of its
+# four operations and its three factors, PCA lighting's alpha, and the flip.
+PARAMS = ("top", "left", "height", "width", "order0", "order1", "order2", "order3")
+PARAMS += ("brightness", "contrast", "saturation", "alpha0", "alpha1", "alpha2", "flip")
+
+
+class Raw(torch.utils.data.Dataset):
+    """Image files by (index, epoch, step) keys as their bytes and their transform's parameters,
+    drawn exactly as `transforms(info, size, True, False)` draws them for the same key."""
+
+    def __init__(self, samples: list[tuple[str, int]], info: dict, size: tuple[int, int], seed: int) -> None:
+        v2 = _torchvision().transforms.v2
+        self.samples, self.seed, self.lighting = samples, seed, info["lighting"]
+        self.crop = v2.RandomResizedCrop(size, scale=tuple(info["crop_scale"]), ratio=tuple(info["crop_ratio"]))
+        self.jitter = v2.ColorJitter(info["jitter"], info["jitter"], info["jitter"])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[Tensor, Tensor, int]:
+        index, epoch, step = key
+        torch.manual_seed(hash((self.seed, epoch, step, index)) & (2**63 - 1))
+        path, label = self.samples[index]
+        from PIL import Image
+
+        try:
+            with Image.open(path) as header:  # the size, from the header: nothing is decoded here
+                box = self.crop.make_params([header])
+            data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+        except Exception as e:
+            raise DataError(f"cannot read {path}: {e}") from None
+        jitter = self.jitter.make_params([])
+        alpha = torch.randn(3) * self.lighting if self.lighting else torch.zeros(3)  # as Lighting draws it
+        flip = float(torch.rand(1) < 0.5)  # as RandomHorizontalFlip draws it
+        factors = [jitter["brightness_factor"], jitter["contrast_factor"], jitter["saturation_factor"]]
+        params = [box["top"], box["left"], box["height"], box["width"], *jitter["fn_idx"].tolist(), *factors]
+        return data, torch.tensor([*params, *alpha.tolist(), flip], dtype=torch.float64), label
+
+
+def _collate_raw(batch: list[tuple[Tensor, Tensor, int]]) -> tuple[list[Tensor], Tensor, Tensor]:
+    data, params, labels = zip(*batch, strict=True)
+    return list(data), torch.stack(params), torch.tensor(labels)
+
+
+def decode(data: list[Tensor], device: torch.device) -> list[Tensor]:
+    """Files' bytes as RGB uint8 images on `device`: JPEGs batched through decode_jpeg (nvJPEG on
+    CUDA), other formats and what nvJPEG refuses (CMYK) on the CPU."""
+    io = _torchvision().io
+    rgb = io.ImageReadMode.RGB
+    with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, which decodes video, not JPEG batches
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _decode(io, rgb, data, device)
+
+
+def _decode(io: Any, rgb: Any, data: list[Tensor], device: torch.device) -> list[Tensor]:
+    images: list[Tensor | None] = [None] * len(data)
+    jpegs = [i for i, d in enumerate(data) if len(d) > 2 and d[0] == 0xFF and d[1] == 0xD8]
+    if jpegs:
+        try:
+            decoded = io.decode_jpeg([data[i] for i in jpegs], mode=rgb, device=device)
+        except RuntimeError:  # one that this decoder cannot read: each on the CPU's
+            decoded = [io.decode_image(data[i], mode=rgb).to(device) for i in jpegs]
+        for i, image in zip(jpegs, decoded, strict=True):
+            images[i] = image
+    for i, image in enumerate(images):
+        if image is None:
+            images[i] = io.decode_image(data[i], mode=rgb).to(device)
+    return images  # type: ignore[return-value]
+
+
+def _blend(image: Tensor, other: Tensor, ratio: Tensor) -> Tensor:
+    """torchvision's blend of uint8 images, a ratio per sample: computed in float, truncated back."""
+    return (image * ratio + other * (1 - ratio)).clamp_(0, 255).floor_()
+
+
+def _grey(image: Tensor) -> Tensor:
+    """torchvision's greyscale of uint8 images (floored), (N, 1, H, W)."""
+    r, g, b = image.unbind(1)
+    return (r * 0.2989 + g * 0.587 + b * 0.114).floor_().unsqueeze(1)
+
+
+def on_device(data: list[Tensor], params: Tensor, info: dict, size: tuple[int, int], device: torch.device) -> Tensor:
+    """A training batch decoded and transformed on `device`: random-sized crop, colour jitter in each
+    sample's order, PCA lighting, flip, normalisation, as `transforms` does it in a worker."""
+    F = _torchvision().transforms.v2.functional
+    p = params.to(device)
+    column = {name: p[:, i] for i, name in enumerate(PARAMS)}
+    crops = []
+    for image, box in zip(decode(data, device), params[:, :4].long().tolist(), strict=True):
+        crops.append(F.resized_crop(image, *box, size=list(size), antialias=True))
+    x = torch.stack(crops).float()  # uint8 values, as the worker's jitter sees them
+    view = (-1, 1, 1, 1)
+    brightness, contrast, saturation = (column[k].float().view(view) for k in ("brightness", "contrast", "saturation"))
+    for k in range(4):  # ColorJitter's four operations in each sample's own order (hue is not used)
+        order = column[f"order{k}"].view(view)
+        x = torch.where(order == 0, (x * brightness).clamp_(0, 255).floor_(), x)
+        mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = torch.where(order == 1, _blend(x, mean, contrast), x)
+        x = torch.where(order == 2, _blend(x, _grey(x), saturation), x)
+    x = x / 255
+    eigval = torch.tensor(info["eigval"], device=device)
+    eigvec = torch.tensor(info["eigvec"], device=device)
+    alpha = torch.stack([column["alpha0"], column["alpha1"], column["alpha2"]], 1).float()
+    x = x + ((alpha * eigval) @ eigvec.T).view(-1, 3, 1, 1)  # eigvec @ (alpha * eigval), per sample
+    x = torch.where(column["flip"].view(view) > 0, x.flip(-1), x)
+    mean = torch.tensor([m / 255 for m in info["mean"]], device=device).view(1, 3, 1, 1)
+    std = torch.tensor([s / 255 for s in info["std"]], device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 class Steps:
     """An epoch's batch sampler from step `start` on: each step's (index, epoch, step) keys of this
     rank's share, made as the loader asks for them rather than all at once (5,000 steps of 256 on
@@ -160,30 +280,46 @@ class Folders:
     device: torch.device
     workers: int
     crops: int = 1
+    raw: Raw | None = None  # with --decode device: the training files, decoded on the device
+    info: dict | None = None
+    size: tuple[int, int] = (224, 224)
 
     def to(self, device: torch.device | str) -> Folders:
         self.device = torch.device(device)
         return self
 
-    def _loader(self, dataset: Files, keys: Iterable[list[tuple[int, int, int]]]) -> Iterator[tuple[Tensor, Tensor]]:
+    def _loader(self, dataset: Any, keys: Iterable[list[tuple[int, int, int]]], collate: Any = None) -> Iterator[Any]:
         return iter(
             torch.utils.data.DataLoader(
                 dataset,
                 batch_sampler=keys,
                 num_workers=self.workers,
-                pin_memory=self.device.type == "cuda",
+                pin_memory=self.device.type == "cuda" and collate is None,
                 prefetch_factor=4 if self.workers else None,
+                collate_fn=collate,
             )
         )
 
     def batches(
         self, order: Tensor, start: int, steps: int, batch: int, world: World, augment: bool, seed: int, epoch: int
-    ) -> Iterator[tuple[Tensor, Tensor, int]]:
-        """As runtime.data.Data.batches; the files' transforms are seeded by (seed, epoch, step, index)
-        in the workers (`augment` and `seed` were fixed when the dataset was loaded)."""
+    ) -> Iterator[tuple[dict[str, Tensor], int]]:
+        """As runtime.data.Data.batches, the images decoded: the files' transforms are seeded by
+        (seed, epoch, step, index) in the workers (`augment` and `seed` were fixed at loading).
+        With `raw`, the workers send the files' bytes and the transforms' draws, and the batch is
+        decoded and transformed on the device here."""
         keys = Steps(order, start, steps, batch, world, epoch)
-        for step, (x, y) in enumerate(self._loader(self.train, keys), start):
-            yield x, y, min(batch, len(order) - step * batch)
+        if self.raw is None:
+            for step, (x, y) in enumerate(self._loader(self.train, keys), start):
+                yield {"x": x, "y": y}, min(batch, len(order) - step * batch)
+            return
+        assert self.info is not None
+        for step, (data, params, y) in enumerate(self._loader(self.raw, keys, _collate_raw), start):
+            x = on_device(data, params, self.info, self.size, self.device)
+            yield {"x": x, "y": y}, min(batch, len(order) - step * batch)
+
+    def materialise(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The batch as the workers made it."""
+        return inputs["x"], inputs["y"]
 
     def test_batches(self, part: slice, size: int = 64, split: str = "test") -> Iterator[tuple[Tensor, Tensor]]:
         """The val/ folder's images of `part` (image folders hold no separate validation split)."""
@@ -191,17 +327,19 @@ class Folders:
         yield from self._loader(self.test, keys)
 
 
-def load(
-    name: str, info: dict, root: Path, shape: tuple[int, ...], seed: int, augment: bool, ten_crop: bool, workers: int
-) -> Folders:
+@loader("folder")
+def load(ds: Dataset, request: Request) -> Folders:
     """`root`/train and `root`/val as a dataset for crops of the spec's input size; without
     augmentation the training images are resized and centre-cropped as the test images are."""
+    name, info, root, shape = ds.key, ds.info, folder_root(ds.key, request.root), request.shape or ds.shape
+    seed, augment, ten_crop = request.seed, request.augment, request.ten_crop
+    workers = DEFAULT_WORKERS if request.workers is None else request.workers
     if len(shape) != 3 or shape[0] != 3:
         raise DataError(f"{name} images are RGB 2D: the spec's input {'x'.join(map(str, shape))} is not 3 x H x W")
     names, train = scan(root / "train")
     _, test = scan(root / "val", names)
-    if info["classes"] and len(names) != info["classes"]:
-        raise DataError(f"{root / 'train'} has {len(names)} class folders, not {name}'s {info['classes']}")
+    if ds.classes and len(names) != ds.classes:
+        raise DataError(f"{root / 'train'} has {len(names)} class folders, not {name}'s {ds.classes}")
     size = (shape[1], shape[2])
     return Folders(
         name,
@@ -211,6 +349,9 @@ def load(
         torch.device("cpu"),
         workers,
         crops=10 if ten_crop else 1,
+        raw=Raw(train, info, size, seed) if request.decode == "device" and augment else None,
+        info=info,
+        size=size,
     )
 
 

@@ -1,13 +1,19 @@
-"""Set a training run up from the command line's words: bind the spec to the dataset, make or
-reopen the run directory, resume, train, report."""
+"""Set a training run up once: bind the spec to the dataset, resolve the configuration, make or
+reopen the run directory, and hand the resulting `Run` to the trainer; then report.
+
+A `Run` holds every fact of one run (network and graph, dataset record, resolved configuration,
+folder, the weights it starts from, the checkpoint it resumes), built once here: the trainer, the
+checkpoints and `config.json` read them from it.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import torch
 
 import compiler
@@ -15,68 +21,166 @@ import dsl
 from dsl.errors import did_you_mean
 from dsl.evaluate import literal
 
-from . import DATASETS, checkpoint, distributed, version
+from . import checkpoint, distributed, version
 from .data import class_count, load
+from .datasets import Dataset, dataset
+from .tasks import TASKS
 from .train import Config, Trainer, TrainingError, check, latest_checkpoint, resolve, run_dir
 from .weights import classifier_modules, load_into, sha256
 
-ADAPTS = ("digits", "fake", "imagenet", "folder", "shapes")  # datasets that take the network's input size
-
 
 def bind(
-    spec: str, overrides: dict[str, dsl.Override], dataset: str, augment: bool, classes: int | None = None
-) -> tuple[dsl.Network, dict]:
-    """The network with its class count, input size and dropout bound to the dataset's, unless pinned.
-    `classes`: the count of a dataset whose table leaves it to the data (image folders)."""
-    info = {**DATASETS[dataset], "classes": classes or DATASETS[dataset]["classes"]}
+    spec: str, overrides: dict[str, Any], name: str, augment: bool, classes: int | None = None
+) -> tuple[dsl.Network, nx.DiGraph, dict[str, Any]]:
+    """The network (and its graph) with its class count, input size and dropout bound to the
+    dataset's, unless pinned; and what was bound. `classes`: the count of a dataset whose record
+    leaves it to the data (image folders)."""
+    ds = dataset(name)
+    classes = classes or ds.classes
     network = dsl.load(spec, overrides)
     params = network.parameters
     extra: dict[str, Any] = {}
     if "classes" in params and "classes" not in overrides:
-        extra["classes"] = info["classes"]
-    if "size" in params and "size" not in overrides and dataset != "fake":
-        sizes = tuple(info["shape"][1:])  # a spec's `size` is one side (square inputs) or a size per dimension
+        extra["classes"] = classes
+    if "size" in params and "size" not in overrides and not ds.info.get("spec_size"):
+        sizes = ds.shape[1:]  # a spec's `size` is one side (square inputs) or a size per dimension
         extra["size"] = sizes if isinstance(params["size"], tuple | list) else sizes[0]
-    dropout = info["recipe"].get("dropout", 0.0)  # the paper's 0.2 when there is no augmentation
+    dropout = ds.recipe.get("dropout", 0.0)  # the paper's 0.2 when there is no augmentation
     if not augment and dropout and "dropout" in params and "dropout" not in overrides:
         extra["dropout"] = dropout
     if extra:
         network = dsl.load(spec, overrides, **extra)
     g = compiler.build_graph(network)
-    output = g.nodes[g.graph["output"]]["shape"]
-    if info.get("task") == "segmentation":
-        expected = (info["classes"], *g.nodes["input"]["shape"][1:])
-        if tuple(output) != expected:
-            raise dsl.DnetError(
-                f"{network.name} ends in {'x'.join(map(str, output))}, but segmenting {dataset} needs "
-                f"{'x'.join(map(str, expected))}: {info['classes']} class scores at every input position",
-                help="end the network with `head pixel_classifier(classes)`"
-                + (f" and --set classes={info['classes']}" if "classes" in params else ""),
-            )
-        return network, extra
-    if len(output) != 1:  # a spec mistake for this use: exit 2 like every other
+    shape, output = tuple(g.nodes["input"]["shape"]), tuple(g.nodes[g.graph["output"]]["shape"])
+    TASKS[ds.task].check(network, shape, output, ds, classes)  # a spec mistake for this use: exit 2
+    if not ds.adapts and shape != ds.shape:
         raise dsl.DnetError(
-            f"{network.name} ends in feature maps of shape {'x'.join(map(str, output))}, not class scores",
-            help="end the network with `head classifier(classes)`",
-        )
-    if output[0] != info["classes"]:
-        raise dsl.DnetError(
-            f"{network.name} ends in {output[0]} outputs but {dataset} has {info['classes']} classes",
-            help=f"--set classes={info['classes']}" if "classes" in params else "give the spec a `classes` parameter",
-        )
-    shape = tuple(g.nodes["input"]["shape"])
-    if dataset not in ADAPTS and shape != tuple(info["shape"]):
-        raise dsl.DnetError(
-            f"{network.name} takes {'x'.join(map(str, shape))} inputs but {dataset} images are "
-            f"{'x'.join(map(str, info['shape']))}",
+            f"{network.name} takes {'x'.join(map(str, shape))} inputs but {name} images are "
+            f"{'x'.join(map(str, ds.shape))}",
             help="--set size=32" if "size" in params else "use a spec whose input matches the dataset",
         )
-    return network, extra
+    return network, g, extra
 
 
-def _seed_name(dataset: str, augment: bool) -> str:
-    """The paper's name for a dataset and its augmentation: C10, C10+, SVHN, ..."""
-    return DATASETS[dataset]["name"] + ("+" if augment and dataset.startswith("cifar") else "")
+def _resolved(
+    spec: str, overrides: dict[str, Any], name: str, flags: dict[str, Any], data_root: str | None
+) -> tuple[dsl.Network, nx.DiGraph, dict[str, Any], Config]:
+    """The spec bound to the dataset, and the configuration resolved for the network's input."""
+    augment = flags.get("augment")
+    augment = dataset(name).recipe["augment"] if augment is None else augment
+    network, g, bound = bind(spec, overrides, name, augment, class_count(name, data_root))
+    return network, g, bound, resolve(name, tuple(g.nodes["input"]["shape"]), **flags)
+
+
+@dataclass
+class Run:
+    """One training run, resolved once."""
+
+    spec: str  # as the user named it (the resume hint repeats it)
+    recorded: list[str]  # the overrides as `--set` takes them: stored in checkpoints, read by --resume
+    network: dsl.Network
+    graph: nx.DiGraph
+    bound: dict[str, Any]  # what the dataset set in the spec (classes, size, dropout)
+    dataset: Dataset
+    config: Config
+    folder: Path
+    data_root: str | None = None
+    weights: str | None = None  # fine-tuning: the file the model starts from
+    reset_classifier: bool = False
+    previous: dict[str, Any] | None = field(default=None, repr=False)  # the checkpoint resumed
+    resumed_from: Path | None = None
+    ten_crop: bool = False  # evaluation: ten crops of each test image (image folders)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.graph.nodes["input"]["shape"])
+
+    def compile(self, batch: int, device: str) -> torch.nn.Module:
+        """The module, its lowering chosen for this rank's batch on this device."""
+        return compiler.compile(self.graph, memory=self.config.memory, batch=batch, device=device)
+
+    def start_from(self, model: torch.nn.Module) -> str:
+        """Load the fine-tuning weights into `model`; what was loaded, said in one line."""
+        assert self.weights is not None
+        reset = classifier_modules(self.graph) if self.reset_classifier else ()
+        loaded = load_into(model, self.weights, reset, self.network.name)
+        return f"started from {loaded} tensors of {self.weights}" + (", the classifier afresh" if reset else "")
+
+    def meta(self, world_size: int) -> dict[str, Any]:
+        """What every checkpoint and config.json record of the run besides its configuration."""
+        weights = self.weights and {
+            "file": str(self.weights),
+            "sha256": sha256(self.weights),
+            "reset_classifier": self.reset_classifier,
+        }
+        return {
+            "spec": self.network.file and Path(self.network.file).read_text(encoding="utf-8"),
+            "spec_name": self.network.name,
+            "overrides": list(self.recorded),
+            "bound": dict(self.bound),
+            "version": version(),
+            "world_size": world_size,
+            "weights": weights,
+        }
+
+    def write_config(self, world_size: int) -> None:
+        """config.json: the resolved configuration (every default filled in) and the run's record."""
+        record = {"config": asdict(self.config), **self.meta(world_size)}
+        (self.folder / "config.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+def plan(
+    spec: str,
+    name: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    recorded: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    data_root: str | None = None,
+    weights: str | None = None,
+    reset_classifier: bool = False,
+    world: distributed.World | None = None,
+) -> Run:
+    """Resolve a run: the checkpoint it resumes (its flags and overrides unless given again), the
+    spec bound to the dataset, the configuration for the network's input, the folder (rank 0 names
+    it). `overrides` are values by name; `recorded`, their text (the command line's `--set`)."""
+    world = world or distributed.World()
+    flags = dict(flags or {})
+    previous, path = None, None
+    if resume is not None:
+        path = latest_checkpoint(resume)
+        previous = checkpoint.load(path)
+        out = out or (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+        flags = {**previous["config"], **{k: v for k, v in flags.items() if v is not None}}
+        flags.pop("dataset", None)
+        if not overrides and not recorded:  # the network the run was started with
+            recorded = list(previous.get("overrides", []))
+    if recorded is not None and overrides is None:
+        overrides = dsl.parse_overrides(recorded)
+    overrides = dict(overrides or {})
+    if recorded is None:
+        recorded = [f"{k}={literal(v)}" for k, v in overrides.items()]
+    network, g, bound, config = _resolved(spec, overrides, name, flags, data_root)
+    check(config, world.size)
+    # one run directory for all ranks: rank 0 names it (the default holds the time)
+    folder = Path(world.broadcast(str(run_dir(network.name, name, out)) if world.main else None))
+    return Run(
+        spec=spec,
+        recorded=list(recorded),
+        network=network,
+        graph=g,
+        bound=bound,
+        dataset=dataset(name),
+        config=config,
+        folder=folder,
+        data_root=data_root,
+        weights=weights and str(weights),
+        reset_classifier=reset_classifier,
+        previous=previous,
+        resumed_from=path,
+    )
 
 
 def fit(
@@ -100,143 +204,70 @@ def fit(
         if name not in known:
             hint = did_you_mean(name, known)
             raise TypeError(f"fit() has no setting `{name}`" + (f"; {hint}" if hint else ""))
-    set_args = [f"{k}={literal(v)}" for k, v in (overrides or {}).items()]
-    return run(
+    return train(
         str(spec),
-        set_args,
         dataset,
-        flags,
-        out and str(out),
-        resume and str(resume),
-        data and str(data),
-        download,
-        weights and str(weights),
-        reset_classifier,
+        overrides=overrides,
+        flags=flags,
+        out=out,
+        resume=resume,
+        data_root=data and str(data),
+        download=download,
+        weights=weights and str(weights),
+        reset_classifier=reset_classifier,
     )
 
 
-def train(*args: Any, **kwargs: Any) -> int:
-    """`run` for the command line: its exit status."""
-    return run(*args, **kwargs)["code"]
-
-
-def run(
-    spec: str,
-    set_args: list[str],
-    dataset: str,
-    flags: dict[str, Any],
-    out: str | None,
-    resume: str | None,
-    data_root: str | None,
-    download: bool = False,
-    weights: str | None = None,
-    reset_classifier: bool = False,
-) -> dict[str, Any]:
-    """Train a spec on a dataset as the command line says; `weights` (fine-tuning) start the model
-    from a file, its classifier left at its initial values with `reset_classifier`."""
-    previous, path = None, None
-    if resume is not None:
-        path = latest_checkpoint(resume)
-        previous = checkpoint.load(path)
-        out = out or str(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
-        flags = {**previous["config"], **{k: v for k, v in flags.items() if v is not None}}
-        flags.pop("dataset", None)
-        set_args = set_args or list(previous.get("overrides", []))  # the network the run was started with
-    overrides = dsl.parse_overrides(set_args)
-    config = resolve(dataset, **flags)
-    network, bound = bind(spec, overrides, dataset, config.augment, class_count(dataset, data_root))
-    world = distributed.from_environment(config.device)
-    if download and world.main:
-        from .download import ensure
-
-        ensure(dataset, data_root)
-    world.broadcast(None)  # the other ranks wait for the download
-    if previous is not None and world.main:
-        print(f"resuming from {path} (epoch {previous['epoch'] + 1}, step {previous['step']})")
+def train(spec: str, name: str, *, download: bool = False, **options: Any) -> dict[str, Any]:
+    """Train a spec on a dataset (`options` are `plan`'s), fetching the data first with `download`;
+    the result holds the exit status under `code` (1: stopped by a signal, resumable)."""
+    flags = options.get("flags") or {}
+    world = distributed.from_environment(flags.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     finished = False
     try:
-        start = (weights, reset_classifier)
-        result = _train(spec, set_args, dataset, flags, out, previous, data_root, config, network, bound, world, start)
+        if download and world.main:
+            from .download import ensure
+
+            ensure(name, options.get("data_root"))
+        world.broadcast(None)  # the other ranks wait for the download
+        result = _train(plan(spec, name, world=world, **options), world)
         finished = True
         return result
     finally:
         distributed.leave(finished)
 
 
-def _train(
-    spec: str,
-    set_args: list[str],
-    dataset: str,
-    flags: dict[str, Any],
-    out: str | None,
-    previous: dict[str, Any] | None,
-    data_root: str | None,
-    config: Config,
-    network: dsl.Network,
-    bound: dict[str, Any],
-    world: distributed.World,
-    start: tuple[str | None, bool] = (None, False),
-) -> dict[str, Any]:
+def _train(run: Run, world: distributed.World) -> dict[str, Any]:
     say = print if world.main else _quiet
-    device = str(world.device(config.device))
-    torch.manual_seed(config.seed)  # the initial weights are part of a repeatable run
-    model = compiler.compile(network, memory=config.memory, batch=config.batch_size // world.size, device=device)
-    g = compiler.build_graph(network)
-    shape = tuple(g.nodes["input"]["shape"])
-    weights, reset_classifier = start
-    if weights and previous is None:
-        reset = classifier_modules(g) if reset_classifier else ()
-        loaded = load_into(model, weights, reset, network.name)
-        say(f"started from {loaded} tensors of {weights}" + (", the classifier afresh" if reset else ""))
-    data = load(
-        dataset,
-        data_root,
-        shape=shape,
-        seed=config.seed,
-        augment=config.augment,
-        workers=config.workers,
-        extra=config.extra_data,
-        validation=config.validation,
-    )
-    # one run directory for all ranks: rank 0 names it (the default holds the time)
-    folder = Path(world.broadcast(str(run_dir(network.name, dataset, out)) if world.main else None))
-    meta = {
-        "spec": network.file and Path(network.file).read_text(encoding="utf-8"),
-        "spec_name": network.name,
-        "overrides": set_args,
-        "bound": dict(bound),
-        "version": version(),
-        "world_size": world.size,
-        "weights": weights and {"file": str(weights), "sha256": sha256(weights), "reset_classifier": reset_classifier},
-    }
+    c = run.config
+    if run.previous is not None:
+        say(f"resuming from {run.resumed_from} (epoch {run.previous['epoch'] + 1}, step {run.previous['step']})")
+    trainer = Trainer(run, world)
     if world.main:
-        (folder / "config.json").write_text(
-            json.dumps({"config": flags | {"dataset": dataset}, **meta}, indent=2, default=str)
-        )
-    trainer = Trainer(model, data, config, folder, meta, world)
-    if previous is not None:
-        trainer.restore(previous)
+        run.write_config(world.size)
     ranks = f" x {world.size} processes" if world.size > 1 else ""
     say(
-        f"training {network.name} on {dataset}: {len(data.train)} images, {config.epochs} epochs, "
-        f"batch {config.batch_size}, {device}{ranks}, {config.precision}, memory {model.memory}; run in {folder}"
+        f"training {run.network.name} on {c.dataset}: {len(trainer.data.train)} images, {c.epochs} epochs, "
+        f"batch {c.batch_size}, {trainer.device}{ranks}, {c.precision}, memory {trainer.model.memory}; "
+        f"run in {run.folder}"
     )
-    result = trainer.run()
+    result = trainer.train()
     if result["interrupted"]:
         again = f" --nproc {world.size}" if world.size > 1 else ""
         say(
             f"stopped at epoch {result['epoch'] + 1}, step {result['step']}; saved {result['checkpoint']}\n"
-            f"resume with: dnetc {spec} --train {dataset} --resume {folder}{again}"
+            f"resume with: dnetc {run.spec} --train {c.dataset} --resume {run.folder}{again}"
         )
-        return {**result, "folder": folder, "code": 1}
-    name = _seed_name(dataset, config.augment)
-    score = (
-        f"test mIoU {result['test_miou']:.3f} (pixel error {result['test_error']:.2f}%)"
-        if "test_miou" in result
-        else f"test error {result['test_error']:.2f}% (accuracy {100 - result['test_error']:.2f}%)"
+        return {**result, "folder": run.folder, "code": 1}
+    if "test_error" not in result:  # --max-steps: stopped where asked, resumable
+        say(f"stopped after {c.max_steps} steps as asked (epoch {result['epoch'] + 1}); saved {result['checkpoint']}")
+        return {**result, "folder": run.folder, "code": 0}
+    task = TASKS[run.dataset.task]
+    say(
+        f"{run.dataset.title(c.augment)} {task.score(result)} after {c.epochs} epochs; "
+        f"checkpoints in {run.folder / 'checkpoints'}"
     )
-    say(f"{name} {score} after {config.epochs} epochs; checkpoints in {folder / 'checkpoints'}")
-    return {**result, "folder": folder, "code": 0}
+    return {**result, "folder": run.folder, "code": 0}
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
@@ -246,50 +277,46 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
 def evaluate(
     spec: str,
     set_args: list[str],
-    dataset: str | None,
+    name: str | None,
     target: str | None,
     data_root: str | None,
     ten_crop: bool = False,
     weights: str | None = None,
 ) -> int:
-    """Evaluate a checkpoint on its dataset's test split, as trained (same overrides and bindings),
-    or, with `weights` and no `target`, a weights file on `dataset` with its recipe's settings;
-    `ten_crop`: average the predictions of ten crops of each image (image-folder datasets)."""
+    """Evaluate a checkpoint's inference weights (the EMA's when it has them) on its dataset's test
+    split, as trained (same overrides and bindings), or, with `weights` and no `target`, a weights
+    file on `name` with its recipe's settings; `ten_crop`: average the predictions of ten crops of
+    each image (image-folder datasets)."""
     if target:
         path = latest_checkpoint(target)
         state = checkpoint.load(path)
-        dataset = dataset or state["config"]["dataset"]
+        name = name or state["config"]["dataset"]
         flags = {k: v for k, v in state["config"].items() if k != "dataset"}
         set_args = set_args or list(state.get("overrides", []))
     else:
-        assert weights is not None and dataset is not None
+        assert weights is not None and name is not None
         path, state, flags = Path(weights), None, {}
-    config = resolve(dataset, **flags)
-    network, _ = bind(spec, dsl.parse_overrides(set_args), dataset, config.augment, class_count(dataset, data_root))
-    model = compiler.compile(network)
-    shape = tuple(compiler.build_graph(network).nodes["input"]["shape"])
-    data = load(dataset, data_root, shape=shape, seed=config.seed, ten_crop=ten_crop, workers=config.workers)
+    flags |= {"ema": None, "max_steps": None}  # one set of weights, evaluated
+    run = plan(spec, name, recorded=set_args, flags=flags, out=path.parent, data_root=data_root)
+    run.ten_crop = ten_crop
+    trainer = Trainer(run)
     if state is None:
-        load_into(model, path, name=network.name)
-    trainer = Trainer(model, data, config, path.parent, {})
-    if state is not None:
-        try:
-            trainer.model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise TrainingError(f"{path} does not fit {network.name}: {e}") from None
-    loss, error = trainer.evaluate()
-    name = _seed_name(dataset, config.augment) + (", ten crops" if ten_crop else "")
-    if trainer.iou is not None:
-        print(f"{name} test mIoU {sum(trainer.iou) / len(trainer.iou):.3f} (pixel error {error:.2f}%) of {path}")
+        load_into(trainer.model, path, name=run.network.name)
     else:
-        print(f"{name} test error {error:.2f}% (accuracy {100 - error:.2f}%, loss {loss:.4f}) of {path}")
+        try:
+            trainer.model.load_state_dict(checkpoint.inference_weights(state))
+        except RuntimeError as e:
+            raise TrainingError(f"{path} does not fit {run.network.name}: {e}") from None
+    scores = trainer.evaluate()
+    title = run.dataset.title(run.config.augment) + (", ten crops" if ten_crop else "")
+    print(f"{title} {trainer.task.score(scores)}, test loss {scores['test_loss']:.4f}: {path}")
     return 0
 
 
 def prepare_workers(
     spec: str,
     set_args: list[str],
-    dataset: str,
+    name: str,
     flags: dict[str, Any],
     processes: int,
     data_root: str | None,
@@ -300,17 +327,13 @@ def prepare_workers(
     """Before data-parallel workers start: check what can be checked in one process (usage, the spec
     against the dataset, the data, a weights file), so that a mistake is told once; fetch the data
     if asked. Returns the network's name."""
-    config = resolve(dataset, **flags)
+    network, g, _, config = _resolved(spec, dsl.parse_overrides(set_args), name, flags, data_root)
     check(config, processes)
-    network, _ = bind(spec, dsl.parse_overrides(set_args), dataset, config.augment, class_count(dataset, data_root))
     if download:
         from .download import ensure
 
-        ensure(dataset, data_root)
-    g = compiler.build_graph(network)
-    load(dataset, data_root, shape=tuple(g.nodes["input"]["shape"]))  # missing data: say so once
+        ensure(name, data_root)
+    load(name, data_root, shape=tuple(g.nodes["input"]["shape"]))  # missing data: say so once
     if weights:  # a file that does not fit: say so once
-        from compiler.emit import emit
-
-        load_into(emit(g), weights, classifier_modules(g) if reset_classifier else (), network.name)
+        load_into(compiler.compile(g), weights, classifier_modules(g) if reset_classifier else (), network.name)
     return network.name

@@ -1,9 +1,17 @@
 """The trainer: the paper's recipes, a device-resident data path, and runs that never lose work.
 
+Speed: a training step (runtime.step) is device work only, one CUDA graph per batch shape on CUDA;
+its loss and hits are summed on the device and read a window of steps late, so the host never waits
+for the GPU within an epoch except to save. Decisions that need the GPU's results (a non-finite
+loss, a checkpoint) drain it first.
+
 Exactness: the data order of epoch e and the augmentation of step s are drawn from generators
 seeded by (seed, e) and (seed, e, s); dropout draws from torch's global RNG, whose state goes into
 every checkpoint with the model, optimizer and position. A run interrupted and resumed therefore
 ends with the same parameters as one that was not (CPU, --deterministic).
+
+No checkpoint is written whose parameters, buffers or optimizer state are not all finite, nor after
+a step whose loss was not: a run that diverges stops, naming the last good checkpoint.
 
 Under data parallelism (runtime.distributed) every rank forms the same global batch and trains on
 its share; rank 0 writes checkpoints and logs, and every rank's RNG state goes into the checkpoint.
@@ -13,152 +21,122 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
-from . import checkpoint
-from .data import Data, dataset, generator
+from . import checkpoint, ema, optim
+from .config import Config, TrainingError, UsageError, check, graph_refusal, resolve
+from .data import generator, load
 from .distributed import World
 from .logs import Logs
+from .step import WINDOW, Meter, Step, Totals
+from .tasks import TASKS
+
+__all__ = ["Config", "Trainer", "TrainingError", "UsageError", "check", "resolve"]
+
+if TYPE_CHECKING:
+    from .launch import Run
 
 
-class TrainingError(Exception):
-    """Training cannot go on (a non-finite loss, a checkpoint that does not fit): says what to do."""
-
-
-class UsageError(TrainingError):
-    """Flags that cannot work together: a usage mistake (exit 2), found before any work is done."""
-
-
-@dataclass
-class Config:
-    """Everything a run depends on, resolved from the dataset's recipe and the user's flags."""
-
-    dataset: str
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    schedule: str
-    milestones: list[float]
-    gamma: float
-    augment: bool
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "cpu"
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    memory: str | None = None  # None: the spec's `memory` setting, else naive
-    sync_bn: bool = False  # batch statistics over all ranks (CUDA, data parallel)
-    checkpoint_every: float = 0.0  # minutes; 0: only at the end of each epoch
-    keep: int = 3
-    extra_data: bool = False  # SVHN: train + extra, as the paper
-    validation: int = 0  # training images held out for model selection (SVHN: 6,000)
-    workers: int | None = None  # data-loading processes for image folders (None: up to 8)
-    accumulate: int = 1  # micro-batches per step, gradients summed: the batch's memory / accumulate
-
-
-def resolve(name: str, **flags: Any) -> Config:
-    """The recipe of `dataset`, with every flag that is not None put over it."""
-    recipe = dict(dataset(name)["recipe"])
-    recipe["batch_size"] = recipe.pop("batch")
-    recipe.pop("dropout", None)  # a property of the network: bound to the spec by launch.bind
-    cuda = torch.cuda.is_available()
-    # channels_last measured faster on both (bench/speed.py; the main job on 2 CPU cores: 1.19x)
-    defaults = {"device": "cuda" if cuda else "cpu", "precision": "bf16" if cuda else "fp32", "channels_last": True}
-    known = {f.name for f in fields(Config)}  # a checkpoint's config may hold fields of another version
-    values = {**defaults, **recipe, **{k: v for k, v in flags.items() if v is not None and k in known}}
-    return Config(dataset=name, **values)
-
-
-def check(config: Config, processes: int) -> None:
-    """What the flags alone tell: called by each process, and by `--nproc` before it starts any."""
-    pieces = processes * config.accumulate
-    if config.accumulate < 1 or config.batch_size < pieces:
-        raise UsageError(
-            f"a batch of {config.batch_size} cannot be shared by {pieces} micro-batches "
-            f"({processes} process(es) x --accumulate {config.accumulate}): use a larger --batch-size"
-        )
-    if config.sync_bn and processes > 1 and torch.device(config.device).type != "cuda":
-        raise UsageError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
-    if config.augment and dataset(config.dataset).get("task") == "segmentation":
-        raise UsageError(f"{config.dataset} is a segmentation dataset: its masks are not augmented yet; drop --augment")
-
-
-def lr_at(config: Config, epoch: int, step: int, steps: int) -> float:
-    """Step: divide by 1/gamma at each milestone (fractions of the epochs); cosine: per iteration."""
-    if config.schedule == "cosine":
-        t, total = epoch * steps + step, config.epochs * steps
-        return 0.5 * config.lr * (1 + math.cos(math.pi * t / total))
-    # the authors' Lua code: decay once the 1-based epoch reaches each milestone (epoch 150 of 300)
-    passed = sum(epoch + 1 >= round(m * config.epochs, 6) for m in config.milestones)
-    return config.lr * config.gamma**passed
+# The features a run can switch on, each built from the model and the configuration (None when off):
+# a feature updates in the step, keeps its state in checkpoints under its key, and may hold the
+# weights that evaluation and inference use (`weights()`).
+FEATURES = (ema.build,)
 
 
 class Trainer:
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        data: Data,
-        config: Config,
-        out: Path,
-        meta: dict[str, Any],
-        world: World | None = None,
-    ) -> None:
-        self.config = config
-        self.out = out
-        self.meta = meta  # spec text, overrides, version: stored in every checkpoint
+    """One run's training: the model, data, optimizer and step, built from a launch.Run."""
+
+    def __init__(self, run: Run, world: World | None = None) -> None:
+        self.run = run
+        self.config = c = run.config
+        self.out = run.folder
         self.world = world = world or World()
-        self.device = world.device(config.device)
-        check(config, world.size)
-        if config.deterministic:
+        self.say = print if world.main else _quiet
+        self.device = world.device(c.device)
+        self.task = TASKS[run.dataset.task]
+        check(c, world.size)
+        if c.deterministic:
+            if self.device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        torch.manual_seed(config.seed)
+        torch.manual_seed(c.seed)  # the initial weights are part of a repeatable run
+        model = run.compile(c.batch_size // world.size, str(self.device))
+        if run.weights is not None and run.previous is None:
+            self.say(run.start_from(model))
+        self.data = load(
+            c.dataset,
+            run.data_root,
+            shape=run.shape,
+            seed=c.seed,
+            augment=c.augment,
+            workers=c.workers,
+            extra=c.extra_data,
+            validation=c.validation,
+            ten_crop=run.ten_crop,
+            decode=c.decode,
+        ).to(self.device)
+        torch.manual_seed(c.seed)
         # channels_last is a layout of 2D maps: 1D and 3D networks keep theirs
-        self.channels_last = config.channels_last and any(p.dim() == 4 for p in model.parameters())
+        self.channels_last = c.channels_last and any(p.dim() == 4 for p in model.parameters())
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        if config.sync_bn and world.size > 1:
+        if c.sync_bn and world.size > 1:
             if getattr(model, "memory", None) == "shared":
                 raise UsageError(
                     "--sync-bn cannot reach the batch norms inside the shared lowering: use --memory checkpoint"
                 )
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=fmt)
-        self.net: torch.nn.Module = self.model
+        c.memory = self.model.memory  # resolved: the spec's, or what `auto` chose for this device
+        net: torch.nn.Module = self.model
         if world.size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.data = data.to(self.device)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-            dampening=0,
+            net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer, self.lr = optim.build(self.model.parameters(), c, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
+        self.features = [f for build in FEATURES if (f := build(self.model, c)) is not None]
+        self.meter = Meter(self.device)
+        graphs = self.device.type == "cuda" and c.cuda_graphs is not False
+        why = graph_refusal(c, world.size) if graphs else None
+        if why:
+            self.say(f"note: no CUDA graphs for this run: {why}")
+        self.train_step = Step(
+            model=self.model,
+            net=net,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            materialise=self.data.materialise,
+            task=self.task,
+            meter=self.meter,
+            features=self.features,
+            precision=c.precision,
+            accumulate=c.accumulate,
+            world_size=world.size,
+            channels_last=self.channels_last,
+            compile_mode=c.compile,
+            graphs=graphs and why is None,
+            device=self.device,
+            say=self.say,
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.step_fn = torch.compile(self.net) if config.compile else self.net
         self.epoch, self.step, self.best = 0, 0, math.inf
         self.history: list[dict[str, Any]] = []
-        self.logs = Logs(out)
+        self.logs = Logs(self.out)
         self.order: torch.Tensor | None = None  # the data order of the current epoch
         self.stop_requested = False  # by a signal, in this process
-        self.stop_agreed = False  # by any rank, as of the last step
+        self.good: tuple[Path, int, int] | None = None  # the last checkpoint written: path, epoch, step
+        if run.previous is not None:
+            self.restore(run.previous)
 
     # ---- state
     def _rng(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -168,10 +146,13 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """The whole run's state; under data parallelism a collective (every rank's RNG)."""
         ranks = self.world.gather(self._rng()) if self.world.size > 1 else []
+        inference = [f.key for f in self.features if hasattr(f, "weights")]
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optim.state_dict(self.optimizer),
             "scaler": self.scaler.state_dict(),
+            **{f.key: f.state_dict() for f in self.features},
+            "inference": inference[0] if inference else "model",  # the weights --eval and --export use
             "epoch": self.epoch,
             "step": self.step,
             "best": self.best,
@@ -181,7 +162,7 @@ class Trainer:
             "rank_rng": ranks,
             "order": None if self.order is None else self.order.to(torch.int32),
             "config": asdict(self.config),
-            **self.meta,
+            **self.run.meta(self.world.size),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -189,8 +170,12 @@ class Trainer:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
             raise TrainingError(f"the checkpoint does not fit this network: {e}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        optim.load_state_dict(self.optimizer, state["optimizer"], self.lr)
         self.scaler.load_state_dict(state["scaler"])
+        for f in self.features:
+            if f.key not in state:
+                raise TrainingError(f"the checkpoint holds no `{f.key}` state: resume it without --{f.key}")
+            f.load_state_dict(state[f.key])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.history = list(state["history"])
         order = state.get("order")
@@ -206,13 +191,49 @@ class Trainer:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
+    def non_finite(self) -> list[str]:
+        """The tensors of the state that hold an infinity or a NaN (one read of the device)."""
+        named = [(f"model.{k}", v) for k, v in self.model.state_dict().items()]
+        for i, s in enumerate(self.optimizer.state.values()):
+            named += [(f"optimizer.{i}.{k}", v) for k, v in s.items() if isinstance(v, torch.Tensor)]
+        for f in self.features:
+            named += [(f"{f.key}.{k}", v) for k, v in f.state_dict().items()]
+        named = [(k, v) for k, v in named if v.is_floating_point()]
+        if not named:
+            return []
+        finite = torch.stack([v.isfinite().all() for _, v in named]).tolist()
+        return [k for (k, _), ok in zip(named, finite, strict=True) if not ok]
+
+    def guard(self) -> None:
+        """Refuse to go on (and so to save) from a state that is not finite: say what, and what is kept."""
+        bad = self.non_finite()
+        if self.world.size > 1 and self.world.sum([len(bad)], self.device)[0] and not bad:
+            bad = ["(on another rank)"]
+        if bad:
+            total = len(self.model.state_dict()) + sum(len(s) for s in self.optimizer.state.values())
+            raise TrainingError(
+                f"the training state is no longer finite after epoch {self.epoch + 1}, step {self.step}: "
+                f"{len(bad)} of its {total} tensors hold an infinity or NaN ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}). Training stopped without saving it. {self._kept()}"
+            )
+
+    def _kept(self) -> str:
+        if self.good is not None:
+            path, epoch, step = self.good
+            return f"The last good checkpoint is {path} (epoch {epoch + 1}, step {step}); try a lower --lr"
+        if self.run.resumed_from is not None:
+            return f"The checkpoint this run resumed from, {self.run.resumed_from}, is intact; try a lower --lr"
+        return "No checkpoint was written before; try a lower --lr"
+
     def save(self, name: str = "latest.pt") -> Path:
-        """Every rank takes part (the state is gathered); rank 0 writes."""
+        """Every rank takes part (the state is gathered); rank 0 writes. The state was guarded."""
         state = self.state()
         folder = self.out / "checkpoints"
         if self.world.main:
             folder.mkdir(parents=True, exist_ok=True)
             checkpoint.save(state, folder / name)
+        if name == "latest.pt":
+            self.good = (folder / name, self.epoch, self.step)
         return folder / name
 
     def steps_per_epoch(self) -> int:
@@ -222,8 +243,9 @@ class Trainer:
         return n // b + (tail >= 2 * self.world.size * self.config.accumulate)
 
     # ---- the loop
-    def run(self, interrupt_at: tuple[int, int] | None = None) -> dict[str, Any]:
-        """Train to the last epoch; on SIGINT/SIGTERM (or at `interrupt_at`) save and return."""
+    def train(self, interrupt_at: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Train to the last epoch; on SIGINT/SIGTERM (or at `interrupt_at`, or after --max-steps
+        steps) save and return."""
         handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         if self.world.main:
             checkpoint.remove_stale(self.out / "checkpoints")
@@ -237,11 +259,39 @@ class Trainer:
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
 
+    def _together(self, *flags: bool) -> list[bool]:
+        """Host decisions as every rank takes them: under data parallelism at the first step of each
+        window only, any rank's wish for all (one small all-reduce)."""
+        if self.world.size == 1:
+            return list(flags)
+        if self.step % WINDOW:
+            return [False] * len(flags)
+        return [total > 0 for total in self.world.sum(list(flags), self.device)]
+
+    def _drain(self) -> Totals:
+        """Wait for the GPU, read the epoch's sums, and stop if a loss was not finite."""
+        totals = self.meter.read()
+        self._check_loss(totals)
+        return totals
+
+    def _check_loss(self, totals: Totals) -> None:
+        bad = totals.bad_step is not None
+        if self.world.size > 1:
+            bad = self.world.sum([bad], self.device)[0] > 0
+        if bad:
+            where = (
+                f"the loss became {totals.bad_loss} at epoch {self.epoch + 1}, step {totals.bad_step + 1}"
+                if totals.bad_step is not None
+                else f"the loss became non-finite on another rank in epoch {self.epoch + 1}"
+            )
+            raise TrainingError(f"{where}: training stopped. {self._kept()}")
+
     def _loop(self, interrupt_at: tuple[int, int] | None) -> dict[str, Any]:
         c = self.config
         steps = self.steps_per_epoch()
         last_save = time.monotonic()
         progress = Progress(c.epochs, live=self.world.main)
+        taken = 0  # steps of this invocation
         while self.epoch < c.epochs:
             if self.order is None:  # a resumed run keeps the order it was saved with
                 self.order = torch.randperm(len(self.data.train), generator=generator(c.seed, self.epoch))
@@ -249,128 +299,103 @@ class Trainer:
                 self.order, self.step, steps, c.batch_size, self.world, c.augment, c.seed, self.epoch
             )
             self.model.train()
-            sums = {"loss": 0.0, "correct": 0, "seen": 0, "data_s": 0.0, "step_s": 0.0}
-            started = time.perf_counter()
-            lr = lr_at(c, self.epoch, self.step, steps)
+            self.meter.reset(self.step)
+            clock = Clock(self.step)
+            lr, shown, pending = math.nan, Totals(), None
             while self.step < steps:
-                stop = self.stop_requested if self.world.size == 1 else self.stop_agreed
-                if interrupt_at == (self.epoch, self.step) or stop:
+                limit = c.max_steps is not None and taken >= c.max_steps  # the same step on every rank
+                (asked,) = self._together(self.stop_requested or interrupt_at == (self.epoch, self.step))
+                if limit or asked:  # a signal, the test hook `interrupt_at`, or --max-steps
+                    self._drain()
+                    self.guard()
                     path = self.save()
-                    return {"interrupted": True, "checkpoint": str(path), "epoch": self.epoch, "step": self.step}
+                    return {
+                        "interrupted": asked,
+                        "checkpoint": str(path),
+                        "epoch": self.epoch,
+                        "step": self.step,
+                        **clock.result(self.step),
+                    }
                 t0 = time.perf_counter()
-                x, y, batch = next(batches)
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                if self.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                t1 = time.perf_counter()
-                lr = lr_at(c, self.epoch, self.step, steps)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                total, correct = self._train_step(x, y, batch)
-                save_now = bool(c.checkpoint_every) and time.monotonic() - last_save > 60 * c.checkpoint_every
-                if self.world.size > 1:  # global sums, and decisions every rank takes together
-                    total, correct, stops, saves = self.world.sum(
-                        [total, correct, self.stop_requested, save_now and self.world.main], self.device
-                    )
-                    self.stop_agreed, save_now = stops > 0, saves > 0
-                loss = total / batch
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                t2 = time.perf_counter()
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}: training stopped. "
-                        f"The last good checkpoint is in {self.out / 'checkpoints'}; try a lower --lr"
-                    )
-                sums["loss"] += total
-                sums["correct"] += correct
-                sums["seen"] += batch
-                sums["data_s"] += t1 - t0
-                sums["step_s"] += t2 - t0
+                inputs, size = next(batches)
+                clock.data_s += time.perf_counter() - t0
+                lr = optim.lr_at(c, self.epoch, self.step, steps)
+                self.lr.set(lr)
+                self.train_step(inputs, size)
                 self.step += 1
-                progress.update(self.epoch, self.step, steps, sums, lr, time.perf_counter() - started)
-                if save_now:
+                taken += 1
+                if self.world.size > 1:  # every rank reads and checks at the same steps
+                    if self.step % WINDOW == 0:
+                        shown = self._drain()
+                elif pending is not None and pending.ready():  # a window late: no wait
+                    shown, pending = pending.get(), None
+                    self._check_loss(shown)
+                if self.step - clock.start == WINDOW:  # warm-up and capture are behind: the pace from here
+                    shown = self._drain()
+                    clock.mark(self.step)
+                elif pending is None and self.step % WINDOW == 0 and self.world.size == 1:
+                    pending = self.meter.snapshot()
+                progress.update(self.epoch, self.step, steps, shown, lr, clock.seconds())
+                every = 60 * c.checkpoint_every
+                (due,) = self._together(bool(every) and time.monotonic() - last_save > every and self.world.main)
+                if due:
+                    self._drain()
+                    self.guard()
                     self.save()
                     last_save = time.monotonic()
+            totals = self._drain()
             progress.clear()
-            record = self._end_epoch(sums, time.perf_counter() - started, lr)
-            if self.world.main:
-                print(self._line(record), flush=True)
+            record = self._end_epoch(totals, clock, lr)
+            self.say(self._line(record))
         return {"interrupted": False, **(self.history[-1] if self.history else {})}
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, int]:
-        """One SGD step on this rank's share of a global batch of `batch`, in `accumulate` micro-batches
-        whose gradients add up; returns the share's summed loss and its hits."""
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
-        self.optimizer.zero_grad(set_to_none=True)
-        pieces = list(zip(x.tensor_split(self.config.accumulate), y.tensor_split(self.config.accumulate), strict=True))
-        pieces = [(xi, yi) for xi, yi in pieces if len(yi)]
-        total, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        for i, (xi, yi) in enumerate(pieces):
-            # DDP averages the ranks' gradients: weigh each piece by its share of the global batch
-            weight = len(yi) * self.world.size / batch
-            sync = i == len(pieces) - 1 or not isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
-            with contextlib.nullcontext() if sync else self.net.no_sync():  # type: ignore[operator]
-                with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    out = self.step_fn(xi)
-                    loss = F.cross_entropy(out, yi)
-                self.scaler.scale(loss if weight == 1 else loss * weight).backward()
-            total += loss.detach().float() * len(yi)
-            correct += _hits(out, yi)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return total.item(), correct.item()
-
     @torch.no_grad()
-    def evaluate(self, split: str = "test") -> tuple[float, float]:
-        """Test (or validation) loss and error (%), no augmentation, eval mode."""
-        self.model.eval()
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """The split's loss and error (%) (and mIoU for segmentation), no augmentation, eval mode,
+        with the features' inference weights (the EMA's); counted on the device, read once."""
         n = len(self.data.val if split == "val" else self.data.test)
-        loss, correct = 0.0, 0.0
-        classes = self.data.classes
-        segmentation = dataset(self.config.dataset).get("task") == "segmentation"
-        confusion = torch.zeros(classes * classes if segmentation else 0, dtype=torch.float64, device=self.device)
-        for x, y in self.data.test_batches(self.world.share(n), split=split):  # each rank its share, summed
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            crops = self.data.crops
-            if crops > 1:  # ten-crop: average the probabilities of an image's views
-                x = x.flatten(0, 1)
-            if self.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = self.model(x).float()
-            if crops > 1:
-                out = out.view(len(y), crops, -1).softmax(-1).mean(1).log()
-            loss += F.cross_entropy(out, y, reduction="sum").item() / (y[0].numel() if y.dim() > 1 else 1)
-            correct += float(_hits(out, y))
-            if segmentation:  # a confusion matrix of pixels, for the IoU of each class
-                confusion += torch.bincount((y * classes + out.argmax(1)).flatten(), minlength=classes**2)
+        evaluation = self.task.evaluation(self.data.classes, self.device)
+        inference = [f for f in self.features if hasattr(f, "weights")]
+        self.model.eval()
+        with inference[0].weights() if inference else contextlib.nullcontext():
+            for x, y in self.data.test_batches(self.world.share(n), split=split):  # each rank its share, summed
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                crops = self.data.crops
+                if crops > 1:  # ten-crop: average the probabilities of an image's views
+                    x = x.flatten(0, 1)
+                if self.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out = self.model(x).float()
+                if crops > 1:
+                    out = out.view(len(y), crops, -1).softmax(-1).mean(1).log()
+                evaluation.add(out, y)
         self.model.train()
-        loss, correct, *cells = self.world.sum([loss, correct, *confusion.tolist()], self.device)
-        self.iou = _iou(cells, classes) if segmentation else None
-        return loss / n, 100.0 * (1 - correct / n)
+        loss, correct, *cells = self.world.sum_tensor(evaluation.values())
+        return self.task.metrics(split, loss, correct, n, cells)
 
-    def _end_epoch(self, sums: dict[str, float], seconds: float, lr: float) -> dict[str, Any]:
-        test_loss, test_error = self.evaluate()
-        scores = {} if self.iou is None else {"test_miou": sum(self.iou) / len(self.iou)}
+    def _end_epoch(self, totals: Totals, clock: Clock, lr: float) -> dict[str, Any]:
+        seconds = clock.seconds()
+        if self.world.size > 1:
+            totals.loss, totals.hits, totals.seen = self.world.sum([totals.loss, totals.hits, totals.seen], self.device)
+        self.guard()  # before evaluating: a state that is not finite is neither scored nor saved
+        scores = self.evaluate()
         validated = getattr(self.data, "val", None) is not None
-        val = dict(zip(("val_loss", "val_error"), self.evaluate("val"), strict=True)) if validated else {}
+        val = self.evaluate("val") if validated else {}
         record = {
             "epoch": self.epoch + 1,
             "lr": lr,
             # over the steps this process ran (a resumed epoch counts from where it resumed)
-            "train_loss": sums["loss"] / max(sums["seen"], 1),
-            "train_error": 100.0 * (1 - sums["correct"] / max(sums["seen"], 1)),
-            "test_loss": test_loss,
-            "test_error": test_error,
+            "train_loss": totals.loss / max(totals.seen, 1),
+            "train_error": 100.0 * (1 - totals.hits / max(totals.seen, 1)),
             **scores,
             **val,
-            "images_per_s": sums["seen"] / max(seconds, 1e-9),
-            "data_fraction": sums["data_s"] / max(sums["step_s"], 1e-9),
+            "images_per_s": totals.seen / max(seconds, 1e-9),
+            **{"s_per_step": None, **clock.result(self.step)},
             "seconds": seconds,
         }
         self.history.append(record)
         self.epoch, self.step, self.order = self.epoch + 1, 0, None
-        chosen = val["val_error"] if validated else test_error  # best: by validation where there is one
+        chosen = val["val_error"] if validated else scores["test_error"]  # best: by validation where there is one
         improved = chosen < self.best
         self.best = min(self.best, chosen)
         if improved:
@@ -386,44 +411,59 @@ class Trainer:
     def _line(self, r: dict[str, Any]) -> str:
         return (
             f"epoch {r['epoch']}/{self.config.epochs}  loss {r['train_loss']:.4f}  train err {r['train_error']:.2f}%  "
-            f"test err {r['test_error']:.2f}%  "
-            + (f"mIoU {r['test_miou']:.3f}  " if "test_miou" in r else "")
-            + f"lr {r['lr']:.4g}  {r['images_per_s']:,.0f} img/s  "
-            f"data {100 * r['data_fraction']:.1f}%"
+            + self.task.epoch_line(r)
+            + f"lr {r['lr']:.4g}  {r['images_per_s']:,.0f} img/s  data {100 * r['data_fraction']:.1f}%"
         )
 
 
-def _hits(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Correct predictions, each sample counting 1: a label right, or the share of its pixels right."""
-    right = (out.argmax(1) == y).float()
-    return right.reshape(len(y), -1).mean(1).sum()
+@dataclass
+class Clock:
+    """An epoch's wall time, the host's time waiting for batches, and the steady pace: from the
+    window's end (warm-up, compilation and graph capture are behind by then) to the last step."""
 
+    start: int
+    began: float = 0.0
+    data_s: float = 0.0
+    marked_step: int | None = None
+    marked_at: float = 0.0
 
-def _iou(cells: list[float], classes: int) -> list[float]:
-    """Intersection over union of each class present in the labels or predictions, from a confusion matrix."""
-    m = torch.tensor(cells, dtype=torch.float64).view(classes, classes)
-    inter, union = m.diag(), m.sum(0) + m.sum(1) - m.diag()
-    return [float(i / u) for i, u in zip(inter, union, strict=True) if u > 0]
+    def __post_init__(self) -> None:
+        self.began = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.began
+
+    def mark(self, step: int) -> None:
+        self.marked_step, self.marked_at = step, time.perf_counter()
+
+    def result(self, step: int) -> dict[str, float]:
+        """s/step since the mark (the GPU drained at both ends), when steps were taken since, and the
+        share of the wall time spent making batches."""
+        share = {"data_fraction": self.data_s / max(self.seconds(), 1e-9)}
+        if self.marked_step is None or step <= self.marked_step:
+            return share
+        return {"s_per_step": (time.perf_counter() - self.marked_at) / (step - self.marked_step), **share}
 
 
 class Progress:
-    """A progress line per epoch on a terminal (stderr), rewritten in place at most twice a second."""
+    """A progress line per epoch on a terminal (stderr), rewritten in place at most twice a second,
+    from the sums the host last read (a window of steps behind the GPU)."""
 
     def __init__(self, epochs: int, live: bool = True) -> None:
         self.epochs = epochs
         self.live = live and sys.stderr.isatty()
         self.last = 0.0
 
-    def update(self, epoch: int, step: int, steps: int, sums: dict, lr: float, seconds: float) -> None:
+    def update(self, epoch: int, step: int, steps: int, totals: Totals, lr: float, seconds: float) -> None:
         now = time.monotonic()
         if not self.live or (now - self.last < 0.5 and step < steps):
             return
         self.last = now
-        seen = max(sums["seen"], 1)
+        seen = max(totals.seen, 1)
         bar = "#" * (20 * step // steps)
         sys.stderr.write(
-            f"\repoch {epoch + 1}/{self.epochs} [{bar:<20}] {step}/{steps}  loss {sums['loss'] / seen:.4f}  "
-            f"acc {100 * sums['correct'] / seen:.2f}%  lr {lr:.4g}  {seen / max(seconds, 1e-9):,.0f} img/s "
+            f"\repoch {epoch + 1}/{self.epochs} [{bar:<20}] {step}/{steps}  loss {totals.loss / seen:.4f}  "
+            f"acc {100 * totals.hits / seen:.2f}%  lr {lr:.4g}  {totals.seen / max(seconds, 1e-9):,.0f} img/s "
         )
         sys.stderr.flush()
 
@@ -431,6 +471,10 @@ class Progress:
         if self.live:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """Ranks other than 0 say nothing: one voice per run."""
 
 
 def run_dir(spec_name: str, dataset: str, out: str | Path | None) -> Path:

@@ -41,7 +41,7 @@ def read(path: str | Path) -> dict[str, Tensor]:
         raise WeightsError(f"no weights file at {path}")
     try:
         if checkpoint.is_checkpoint(path):
-            state = checkpoint.load(path)
+            state = checkpoint.inference_weights(checkpoint.load(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT_1:

@@ -49,6 +49,24 @@ def cli():
     return run_cli
 
 
+@pytest.fixture
+def dnetc(capsys):
+    """`dnetc ARGS` in this process, without an interpreter's start-up: exit status and output, as
+    run_cli gives them. For commands that leave no global state behind (no --deterministic)."""
+    from runtime.cli import main
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return call
+
+
 def bench(script: str, *args: str) -> None:
     """Run bench/SCRIPT with ARGS as a user would; fail with its stderr."""
     r = subprocess.run(

@@ -62,3 +62,23 @@ def test_speed_harness_keeps_to_its_budget(tmp_path):
     assert [row["name"] for row in result["rows"]] == ["fp32"]
     assert "densenet121 dnetc bf16 + channels_last + compile(default)" in result["left_out"]
     assert "Left out, past the time budget" in (tmp_path / "speed-cpu.md").read_text()
+
+
+def test_trainer_benchmark_dry_run(tmp_path):
+    """The trainer against the isolated step and a hand loop, one short round (the figures: bench/results)."""
+    bench("trainer.py", "--device", "cpu", "--steps", "2", "--rounds", "1", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "trainer-cpu.json").read_text())["rows"]
+    assert [row["kind"] for row in rows] == ["isolated", "loop", "trainer"]
+    trainer = rows[-1]
+    assert trainer["s_per_iter"] > 0 and 0 <= trainer["data_share"] < 1 and trainer["vs_hand_loop"] > 0
+
+
+def test_graphs_and_decode_benchmarks_dry_run(tmp_path):
+    quick = ["--steps", "21", "--depth", "10", "--lowerings", "shared", "--dropouts", "0.2", "--precisions", "fp32"]
+    bench("graphs.py", "--device", "cpu", *quick, "--batch", "8", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "graphs-cpu.json").read_text())
+    assert len(rows) == 1 and all(r["graphs_captured"] == 0 and r["max_relative_difference"] == 0 for r in rows)
+    bench("decode.py", "--images", "12", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "decode-cpu.json").read_text())
+    assert result["per_core"] > 0 and result["reading_per_core"] > result["per_core"]
+    assert result["device_vs_workers_within_one_level"] > 0.99

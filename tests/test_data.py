@@ -77,7 +77,7 @@ def test_cifar_archive_is_checked_and_read(tmp_path, monkeypatch):
     with pytest.raises(data.DataError, match=r"md5 is .* not c58f30108f718f92721af3b95e74349a"):
         data.load("cifar10", archive.parent)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    monkeypatch.setitem(data.DATASETS["cifar10"], "md5", md5)
+    monkeypatch.setitem(data.dataset("cifar10").info, "md5", md5)
     assert len(data.load("cifar10", archive.parent).train) == 20
     archive.write_bytes(archive.read_bytes()[:200])  # truncated: the md5 no longer matches
     with pytest.raises(data.DataError, match="corrupt or incomplete"):
@@ -192,7 +192,7 @@ def test_a_damaged_archive_whose_md5_was_vouched_for_is_a_clear_error(tmp_path, 
     else:
         raw = bytearray(b"<html>404 Not Found</html>")
     archive.write_bytes(bytes(raw))
-    monkeypatch.setitem(data.DATASETS["cifar10"], "md5", hashlib.md5(bytes(raw)).hexdigest())
+    monkeypatch.setitem(data.dataset("cifar10").info, "md5", hashlib.md5(bytes(raw)).hexdigest())
     with pytest.raises(data.DataError, match=r"cannot read|has no cifar-10-batches-py"):
         data.load("cifar10", archive.parent)
 

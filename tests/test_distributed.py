@@ -71,16 +71,21 @@ def test_resume_under_ddp_is_bit_identical(tmp_path, two_processes):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _one_epoch_under_ddp(out, lowering: str) -> float:
+    r = run_cli(*NET, "--epochs", "1", "--deterministic", "--nproc", "2", "--memory", lowering, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"memory {lowering}" in r.stdout
+    return losses(out)[0]["train_loss"]
+
+
+@pytest.fixture(scope="module")
+def naive_under_ddp(tmp_path_factory) -> float:
+    return _one_epoch_under_ddp(tmp_path_factory.mktemp("naive"), "naive")
+
+
 @pytest.mark.parametrize("memory", ["checkpoint", "shared"])
-def test_every_lowering_trains_under_ddp(tmp_path, memory):
-    losses_by = {}
-    for lowering in ("naive", memory):
-        out = tmp_path / lowering
-        r = run_cli(*NET, "--epochs", "1", "--deterministic", "--nproc", "2", "--memory", lowering, "--out", str(out))
-        assert r.returncode == 0, r.stderr
-        assert f"memory {lowering}" in r.stdout
-        losses_by[lowering] = losses(out)[0]["train_loss"]
-    assert losses_by[memory] == pytest.approx(losses_by["naive"], rel=1e-5)
+def test_every_lowering_trains_under_ddp(tmp_path, memory, naive_under_ddp):
+    assert _one_epoch_under_ddp(tmp_path, memory) == pytest.approx(naive_under_ddp, rel=1e-5)
 
 
 def test_distributed_mistakes_exit_2(tmp_path):

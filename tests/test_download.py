@@ -9,8 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from runtime import DATASETS
-from runtime.data import DataError
+from runtime.data import DataError, dataset
 from runtime.download import fetch, files
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -80,7 +79,8 @@ def test_a_broken_connection_keeps_what_arrived(tmp_path):
 
 
 def test_the_url_table():
-    assert files("cifar10") == [(DATASETS["cifar10"]["url"], "cifar-10-python.tar.gz", DATASETS["cifar10"]["md5"])]
+    info = dataset("cifar10").info
+    assert files("cifar10") == [(info["url"], "cifar-10-python.tar.gz", info["md5"])]
     svhn = files("svhn")
     assert [f for _, f, _ in svhn] == ["train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"]
     assert svhn[0][0] == "http://ufldl.stanford.edu/housenumbers/train_32x32.mat"

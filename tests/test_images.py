@@ -6,12 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-import compiler
-import dsl
-from runtime import DATASETS, checkpoint
-from runtime.data import DataError, load
-from runtime.images import Lighting, transforms
-from runtime.launch import bind
+from runtime import checkpoint
+from runtime.data import DataError, dataset, load
+from runtime.images import Files, Lighting, Raw, _collate_raw, on_device, scan, transforms
+from runtime.launch import plan
 from runtime.train import Trainer, resolve
 
 from .conftest import run_cli
@@ -35,7 +33,7 @@ def folders(tmp_path_factory):
 
 
 def test_transforms_are_the_papers():
-    info = DATASETS["imagenet"]
+    info = dataset("imagenet").info
     img = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
     torch.manual_seed(0)
     assert transforms(info, (224, 224), True, False)(img).shape == (3, 224, 224)
@@ -49,11 +47,11 @@ def test_transforms_are_the_papers():
     flat = torch.zeros(3, 4, 4)
     shifted = lighting(flat)
     assert torch.allclose(shifted, shifted[:, :1, :1].expand(3, 4, 4)) and shifted.abs().sum() > 0
-    assert DATASETS["folder"]["mean"] == info["mean"] and DATASETS["folder"]["classes"] == 0
+    assert dataset("folder").info["mean"] == info["mean"] and dataset("folder").classes == 0
 
 
 def test_imagenet_recipe_decays_at_epochs_31_and_61():
-    from runtime.train import lr_at
+    from runtime.optim import lr_at
 
     c = resolve("imagenet", device="cpu")
     assert (c.batch_size, c.epochs) == (256, 90)
@@ -72,23 +70,53 @@ def test_folder_training_and_ten_crop_evaluation(folders, tmp_path):
     assert "ten crops test error" in r.stdout
 
 
-def _trainer(folders, out, workers):
-    network, _ = bind("densenet_imagenet", dsl.parse_overrides(SMALL[1::2]), "folder", True, 3)
-    config = resolve("folder", epochs=2, batch_size=6, deterministic=True, device="cpu", precision="fp32")
-    torch.manual_seed(0)
-    model = compiler.compile(network)
-    data = load("folder", folders, shape=(3, 32, 32), workers=workers)
-    return Trainer(model, data, config, out, {"spec": "", "version": "test"})
+def _trainer(folders, out, workers, decode="workers"):
+    flags = {"epochs": 2, "batch_size": 6, "deterministic": True, "device": "cpu", "precision": "fp32"}
+    flags |= {"workers": workers, "decode": decode}
+    run = plan("densenet_imagenet", "folder", recorded=SMALL[1::2], flags=flags, out=out, data_root=str(folders))
+    return Trainer(run)
 
 
 def test_resume_is_exact_whatever_the_workers(folders, tmp_path):
     whole = _trainer(folders, tmp_path / "whole", workers=0)
-    whole.run()
+    whole.train()
     first = _trainer(folders, tmp_path / "split", workers=2)
-    assert first.run(interrupt_at=(1, 2))["interrupted"]
+    assert first.train(interrupt_at=(1, 2))["interrupted"]
     second = _trainer(folders, tmp_path / "split", workers=2)
     second.restore(checkpoint.load(tmp_path / "split" / "checkpoints" / "latest.pt"))
-    second.run()
+    second.train()
+    for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_decoding_on_the_device_draws_the_workers_transforms(folders):
+    """--decode device (the CUDA default): the workers send bytes and the transforms' draws, the
+    batch is decoded and transformed where it trains; the same images as the workers make, up to
+    the decoders' and resize kernels' rounding (here on the CPU, torchvision's decoder and PIL's)."""
+    info = dataset("imagenet").info
+    _, samples = scan(folders / "train")
+    files = Files(samples, transforms(info, (32, 32), True, False), seed=3)
+    raw = Raw(samples, info, (32, 32), seed=3)
+    keys = [(i, 1, 2) for i in range(len(samples))]
+    x = on_device(*_collate_raw([raw[k] for k in keys])[:2], info, (32, 32), torch.device("cpu"))
+    workers = torch.stack([files[k][0] for k in keys])
+    level = 1 / 255 / (min(info["std"]) / 255)  # one uint8 level, normalised
+    diff = (x - workers).abs()
+    assert x.shape == workers.shape == (24, 3, 32, 32)
+    assert float(diff.mean()) < 0.05 * level and float((diff <= 1.01 * level).float().mean()) > 0.99
+    again = on_device(*_collate_raw([raw[k] for k in keys])[:2], info, (32, 32), torch.device("cpu"))
+    assert torch.equal(x, again)
+
+
+def test_resume_is_exact_with_decoding_on_the_device(folders, tmp_path):
+    whole = _trainer(folders, tmp_path / "whole", workers=0, decode="device")
+    assert whole.data.raw is not None
+    whole.train()
+    first = _trainer(folders, tmp_path / "split", workers=0, decode="device")
+    assert first.train(interrupt_at=(1, 2))["interrupted"]
+    second = _trainer(folders, tmp_path / "split", workers=0, decode="device")
+    second.restore(checkpoint.load(tmp_path / "split" / "checkpoints" / "latest.pt"))
+    second.train()
     for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 

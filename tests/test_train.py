@@ -8,12 +8,11 @@ import os
 import pytest
 import torch
 
-import compiler
 import dsl
 from runtime import checkpoint
-from runtime.data import load
-from runtime.launch import bind
-from runtime.train import Trainer, TrainingError, lr_at, resolve
+from runtime.launch import bind, plan
+from runtime.optim import lr_at
+from runtime.train import Trainer, TrainingError, resolve
 
 from .conftest import run_cli, stop_after_first_epoch
 
@@ -21,14 +20,9 @@ SMALL = ["--set", "depth=16", "--set", "growth=8"]
 
 
 def trainer(tmp_path, epochs=2, dropout=0.2, **flags) -> Trainer:
-    network, _ = bind(
-        "densenet_bc", dsl.parse_overrides(["depth=16", "growth=8", f"dropout={dropout}"]), "digits", False
-    )
-    config = resolve("digits", epochs=epochs, deterministic=True, device="cpu", precision="fp32", **flags)
-    torch.manual_seed(0)
-    model = compiler.compile(network)
-    data = load("digits", shape=tuple(compiler.build_graph(network).nodes["input"]["shape"]))
-    return Trainer(model, data, config, tmp_path, {"spec": "", "version": "test"})
+    flags = {"epochs": epochs, "deterministic": True, "device": "cpu", "precision": "fp32", **flags}
+    overrides = {"depth": 16, "growth": 8, "dropout": dropout}
+    return Trainer(plan("densenet_bc", "digits", overrides=overrides, flags=flags, out=tmp_path))
 
 
 def test_learning_rate_schedules():
@@ -73,21 +67,21 @@ def test_digits_reaches_97_percent(tmp_path):
 
 def test_resume_mid_epoch_is_bit_identical(tmp_path):
     whole = trainer(tmp_path / "whole")
-    whole.run()
+    whole.train()
     first = trainer(tmp_path / "split")
-    stopped = first.run(interrupt_at=(1, 5))
+    stopped = first.train(interrupt_at=(1, 5))
     assert stopped["interrupted"] and (tmp_path / "split" / "checkpoints" / "latest.pt").exists()
     second = trainer(tmp_path / "split")
     second.restore(checkpoint.load(tmp_path / "split" / "checkpoints" / "latest.pt"))
     assert (second.epoch, second.step) == (1, 5)
-    second.run()
+    second.train()
     for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
 def test_checkpoints_are_checked_and_safe(tmp_path):
     t = trainer(tmp_path, epochs=1)
-    t.run()
+    t.train()
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "epoch-0001.pt", "latest.pt"]
     state = checkpoint.load(folder / "latest.pt")
@@ -117,7 +111,7 @@ def test_a_crafted_pickle_is_refused(tmp_path):
 def test_non_finite_loss_stops_with_a_message(tmp_path):
     t = trainer(tmp_path, epochs=1, lr=1e30)
     with pytest.raises(TrainingError, match=r"the loss became .* lower --lr"):
-        t.run()
+        t.train()
 
 
 def test_sigterm_saves_and_resume_finishes(tmp_path):
@@ -134,25 +128,25 @@ def test_sigterm_saves_and_resume_finishes(tmp_path):
     assert "resuming from" in r.stdout
 
 
-def test_training_mistakes_exit_2(tmp_path):
-    r = run_cli("densenet_bc", "--train", "cifar100", "--data", str(tmp_path))
+def test_training_mistakes_exit_2(tmp_path, dnetc):
+    r = dnetc("densenet_bc", "--train", "cifar100", "--data", str(tmp_path))
     assert r.returncode == 2 and "cifar-100-python.tar.gz" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("densenet_bc", "--train", "digitz")
+    r = dnetc("densenet_bc", "--train", "digitz")
     assert r.returncode == 2 and "did you mean `digits`" in r.stderr
-    r = run_cli("figure1", "--train", "digits")
+    r = dnetc("figure1", "--train", "digits")
     assert r.returncode == 2 and "not class scores" in r.stderr and "head classifier" in r.stderr
     bad = tmp_path / "latest.pt"
     bad.write_bytes(b"garbage")
-    r = run_cli("densenet_bc", "--train", "digits", "--resume", str(bad))
+    r = dnetc("densenet_bc", "--train", "digits", "--resume", str(bad))
     assert r.returncode == 2 and "latest.pt" in r.stderr
 
 
 def test_the_spec_binds_to_the_dataset():
-    network, bound = bind("densenet_bc", {}, "cifar100", True)
+    network, _, bound = bind("densenet_bc", {}, "cifar100", True)
     assert network.parameters["classes"] == 100 and bound == {"classes": 100, "size": 32}
-    network, bound = bind("densenet_bc", {}, "digits", False)
+    network, _, bound = bind("densenet_bc", {}, "digits", False)
     assert (network.parameters["size"], network.parameters["dropout"]) == (8, 0.0)
-    network, bound = bind("densenet_bc", {}, "cifar10", False)  # the paper's C10 without augmentation
+    network, _, bound = bind("densenet_bc", {}, "cifar10", False)  # the paper's C10 without augmentation
     assert network.parameters["dropout"] == 0.2
     with pytest.raises(dsl.DnetError, match="10 outputs but cifar100 has 100"):
         bind("densenet_bc", dsl.parse_overrides(["classes=10"]), "cifar100", True)
@@ -170,15 +164,15 @@ def test_checkpoint_every_n_minutes_saves_within_epochs(tmp_path, monkeypatch):
         return real(self, name)
 
     monkeypatch.setattr(Trainer, "save", save)
-    t.run()
+    t.train()
     within = [step for name, epoch, step in saved if name == "latest.pt" and epoch == 0]
     assert within == list(range(1, t.steps_per_epoch() + 1))
     state = checkpoint.load(tmp_path / "checkpoints" / "latest.pt")
     assert state["order"] is None and state["epoch"] == 1  # the end of the epoch: a new order comes next
 
 
-def test_a_validation_split_chooses_the_best(tmp_path):
-    r = run_cli(
+def test_a_validation_split_chooses_the_best(tmp_path, dnetc):
+    r = dnetc(
         *["densenet_bc", *SMALL], "--train", "digits", "--epochs", "2", "--validation", "200", "--out", str(tmp_path)
     )
     assert r.returncode == 0, r.stderr
@@ -189,13 +183,131 @@ def test_a_validation_split_chooses_the_best(tmp_path):
     assert "1238 images" in r.stdout  # 1,438 training images less the 200 held out
 
 
-def test_channels_last_is_a_2d_layout_that_1d_and_3d_networks_train_without(tmp_path):
+def test_channels_last_is_a_2d_layout_that_1d_and_3d_networks_train_without(tmp_path, dnetc):
     """The default layout (channels_last) has no meaning for 3D or 1D weights: those keep theirs."""
     for rank in (1, 3):
         spec = tmp_path / f"tiny{rank}d.dnet"
         sizes = " x ".join(["8"] * rank)
         body = "    stem conv(3, 8)\n    dense(2, 4)\n    head classifier(10)\n"
         spec.write_text(f"network tiny {{\n    input 3 x {sizes}\n{body}}}\n")
-        r = run_cli(str(spec), "--train", "fake", "--channels-last", "--out", str(tmp_path / f"run{rank}"))
+        r = dnetc(str(spec), "--train", "fake", "--channels-last", "--out", str(tmp_path / f"run{rank}"))
         assert r.returncode == 0, r.stderr
         assert json.loads((tmp_path / f"run{rank}" / "config.json").read_text())["config"]["channels_last"] is True
+
+
+def _poison_at(t: Trainer, step: int) -> None:
+    """The loss of training step `step` (1-based, this run's count) becomes NaN: its input is multiplied by NaN."""
+    calls = {"n": 0}
+
+    def hook(module, args):
+        if not module.training:
+            return None
+        calls["n"] += 1
+        return (args[0] * float("nan"),) if calls["n"] == step else None
+
+    t.model.register_forward_pre_hook(hook)
+
+
+def _finite(state: dict) -> bool:
+    tensors = [*state["model"].values()]
+    tensors += [v for s in state["optimizer"]["state"].values() for v in s.values() if isinstance(v, torch.Tensor)]
+    return all(bool(v.isfinite().all()) for v in tensors if v.is_floating_point())
+
+
+@pytest.mark.parametrize("at", [5, 17])
+def test_a_nan_mid_run_keeps_the_last_good_checkpoint(tmp_path, at):
+    """A NaN injected at a chosen step, with a checkpoint due after every step: the run stops naming
+    the exact step and the checkpoint written just before it, which is finite and resumes."""
+    t = trainer(tmp_path, epochs=2, checkpoint_every=1e-9)
+    _poison_at(t, at)
+    with pytest.raises(TrainingError) as e:
+        t.train()
+    latest = tmp_path / "checkpoints" / "latest.pt"
+    assert f"the loss became nan at epoch 1, step {at}:" in str(e.value)
+    assert f"The last good checkpoint is {latest} (epoch 1, step {at - 1})" in str(e.value)
+    state = checkpoint.load(latest)
+    assert (state["epoch"], state["step"]) == (0, at - 1) and _finite(state)
+    again = trainer(tmp_path)
+    again.restore(state)
+    assert again.train()["epoch"] == 2
+
+
+def test_a_nan_between_checkpoints_is_found_a_window_late_and_named_exactly(tmp_path):
+    t = trainer(tmp_path, epochs=2)
+    _poison_at(t, 3)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 3: .*No checkpoint was written"):
+        t.train()
+    assert not (tmp_path / "checkpoints" / "latest.pt").exists()
+
+
+def test_no_checkpoint_holds_a_state_that_is_not_finite(tmp_path):
+    """The case a user found: at LR 1e4 the loss stays finite for a few steps while the batch norms'
+    running variances overflow. No checkpoint may hold them; the message names the good one."""
+    t = trainer(tmp_path, epochs=4, dropout=0.0, lr=1e4, checkpoint_every=1e-9)
+    with pytest.raises(TrainingError) as e:
+        t.train()
+    latest = tmp_path / "checkpoints" / "latest.pt"
+    state = checkpoint.load(latest)
+    assert _finite(state) and state["step"] >= 1
+    message = str(e.value)
+    assert f"after epoch 1, step {state['step'] + 1}: " in message and "running_var" in message
+    assert f"The last good checkpoint is {latest} (epoch 1, step {state['step']}); try a lower --lr" in message
+
+
+def test_config_json_holds_the_resolved_configuration(tmp_path, dnetc):
+    r = dnetc("densenet_bc", *SMALL, "--train", "digits", "--max-steps", "2", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "stopped after 2 steps as asked" in r.stdout
+    record = json.loads((tmp_path / "config.json").read_text())
+    config = record["config"]
+    assert config == {**config, "lr": 0.1, "precision": "fp32", "batch_size": 64, "optimizer": "sgd", "epochs": 30}
+    assert None not in (config["lr"], config["precision"], config["channels_last"], config["momentum"])
+    assert record["overrides"] == ["depth=16", "growth=8"] and record["bound"] == {"classes": 10, "size": 8}
+    state = checkpoint.load(tmp_path / "checkpoints" / "latest.pt")
+    assert (state["epoch"], state["step"]) == (0, 2) and state["config"] == config
+
+
+def test_adamw_and_an_ema_resume_exactly_and_the_ema_is_what_is_evaluated(tmp_path, dnetc):
+    flags = {"optimizer": "adamw", "ema": 0.9}
+    whole = trainer(tmp_path / "whole", **flags)
+    assert (whole.config.lr, whole.config.weight_decay) == (1e-3, 0.05)  # AdamW's defaults over the SGD recipe
+    assert isinstance(whole.optimizer, torch.optim.AdamW)
+    whole.train()
+    split = trainer(tmp_path / "split", **flags)
+    split.train(interrupt_at=(1, 4))
+    resumed = trainer(tmp_path / "split", **flags)
+    resumed.restore(checkpoint.load(tmp_path / "split" / "checkpoints" / "latest.pt"))
+    resumed.train()
+    a, b = checkpoint.load(tmp_path / "whole" / "checkpoints" / "latest.pt"), resumed.state()
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert a["inference"] == "ema" and not torch.equal(a["ema"]["classifier.weight"], a["model"]["classifier.weight"])
+    # what the run reported is the average's error, and --eval and --weights read the average
+    from runtime.weights import read
+
+    assert torch.equal(
+        read(tmp_path / "whole" / "checkpoints" / "latest.pt")["classifier.weight"], a["ema"]["classifier.weight"]
+    )
+    final = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[-1])
+    r = dnetc("densenet_bc", "--eval", str(tmp_path / "whole"))
+    assert r.returncode == 0, r.stderr
+    assert f"digits test error {final['test_error']:.2f}%" in r.stdout
+
+
+def test_max_steps_stops_where_asked_and_resumes(tmp_path):
+    t = trainer(tmp_path, epochs=2, max_steps=30)
+    result = t.train()
+    steps = t.steps_per_epoch()
+    assert not result["interrupted"] and (result["epoch"], result["step"]) == (1, 30 - steps)
+    again = trainer(tmp_path, epochs=2)
+    again.restore(checkpoint.load(tmp_path / "checkpoints" / "latest.pt"))
+    assert again.train()["epoch"] == 2
+
+
+def test_gpu_flags_are_checked_before_any_work(tmp_path, dnetc):
+    r = dnetc("densenet_bc", *SMALL, "--train", "digits", "--device", "cpu", "--cuda-graphs")
+    assert r.returncode == 2 and "--cuda-graphs cannot apply: they are a CUDA feature" in r.stderr
+    r = dnetc("densenet_bc", *SMALL, "--train", "digits", "--compile", "fastest")
+    assert r.returncode == 2 and "reduce-overhead" in r.stderr
+    r = dnetc("densenet_bc", *SMALL, "--train", "digits", "--ema", "1.5")
+    assert r.returncode == 2 and "--ema takes a decay between 0 and 1" in r.stderr and "Traceback" not in r.stderr

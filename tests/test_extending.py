@@ -1,0 +1,63 @@
+"""The seams docs/extending.md names: a dataset and an optimizer added there, and trained with."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import torch
+
+import runtime
+from runtime import data, datasets, optim
+
+RINGS = """
+loader = "rings"
+classes = 3
+shape = [1, 16, 16]
+adapts = true
+name = "Rings"
+mean = [64.0]
+std = [80.0]
+train_size = 300
+test_size = 90
+recipe = { optimizer = "sgd", epochs = 4, batch = 32, lr = 0.1, momentum = 0.9, nesterov = true, \
+weight_decay = 1e-4, schedule = "step", milestones = [0.5, 0.75], gamma = 0.1, augment = false }
+"""
+
+
+def rings(ds: datasets.Dataset, request: data.Request) -> data.Data:
+    """Rings of radius 2, 4 or 6 (the class) around a random centre, with noise."""
+    g = torch.Generator().manual_seed(request.seed)
+    side = ds.shape[1]
+    y, x = torch.meshgrid(torch.arange(side).float(), torch.arange(side).float(), indexing="ij")
+
+    def split(n: int) -> data.Split:
+        labels = torch.randint(0, ds.classes, (n,), generator=g)
+        cx, cy = torch.rand(2, n, 1, 1, generator=g) * 4 + side / 2 - 2
+        r = ((x - cx) ** 2 + (y - cy) ** 2).sqrt()
+        images = ((r - 2 * (labels.view(n, 1, 1) + 1)).abs() < 1).float() * 200 + torch.rand(
+            n, side, side, generator=g
+        ) * 50
+        return data.Split(images.round().to(torch.uint8).unsqueeze(1), labels)
+
+    return data.tensors(ds, split(ds.info["train_size"]), split(ds.info["test_size"]), request)
+
+
+def test_a_dataset_is_an_entry_and_a_loader(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(datasets.DATASETS, "rings", datasets.record("rings", tomllib.loads(RINGS)))
+    monkeypatch.setitem(data.LOADERS, "rings", rings)
+    result = runtime.fit("densenet_bc", "rings", overrides={"depth": 10, "growth": 8}, device="cpu", out=tmp_path)
+    assert result["epoch"] == 4 and result["test_error"] < 40  # chance: 67%
+    assert "Rings test error" in capsys.readouterr().out  # the paper's name for it, from the entry
+
+
+def test_an_optimizer_is_one_record(tmp_path, monkeypatch):
+    def plain_sgd(params, lr, config, device):
+        return torch.optim.SGD(params, lr=lr, weight_decay=config.weight_decay)
+
+    monkeypatch.setitem(optim.OPTIMIZERS, "plain", optim.Optimizer(plain_sgd, defaults={"lr": 0.05}))
+    result = runtime.fit(
+        "densenet_bc", "digits", overrides={"depth": 10, "growth": 8}, optimizer="plain", epochs=2, out=tmp_path
+    )
+    config = json.loads((tmp_path / "config.json").read_text())["config"]
+    assert config["optimizer"] == "plain" and config["lr"] == 0.05 and result["epoch"] == 2
