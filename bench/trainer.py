@@ -11,12 +11,13 @@ it (data, the schedule, the progress line, the deferred reads, the final checkpo
 isolated step is one whole SGD step on a fixed random batch, synchronised and timed alone. The hand
 loop is what a user writes: index, normalise, crop and flip, forward, backward, step.
 
-    python bench/trainer.py --device cpu --out bench/results     # 2 cores: about 4 minutes
+    python bench/trainer.py --device cpu --rounds 9 --out bench/results   # 2 cores: about 4 minutes
     python bench/trainer.py --device cuda --out bench/results    # an H200: about 3 minutes
 
-Writes trainer-<device>.json and .md: s/iter, images/s, the ratio of each row's time to the best
-isolated step of its model and to the hand loop, and the trainer's data share (host time spent
-making batches over wall time).
+Writes trainer-<device>.json and .md: s/iter and images/s (medians over the rounds), the ratio of
+each row's time to the best isolated step of its model and to the hand loop (the median of the
+ratios within each round, so that drift between rounds cancels), and the trainer's data share
+(host time spent making batches over wall time).
 """
 
 from __future__ import annotations
@@ -44,7 +45,15 @@ from speed import Runner, row  # noqa: E402
 import compiler  # noqa: E402
 import runtime  # noqa: E402
 from runtime.config import resolve  # noqa: E402
-from runtime.data import PAD, crop_and_flip, dataset, generator, load, normalise  # noqa: E402
+from runtime.data import (  # noqa: E402
+    PAD,
+    apply_crop_and_flip,
+    dataset,
+    draw_crop_and_flip,
+    generator,
+    load,
+    normalise,
+)
 from runtime.launch import bind  # noqa: E402
 
 TINY = {"depth": 10, "growth": 8}  # DenseNet-BC with one layer a block: Python overhead shows
@@ -54,7 +63,14 @@ def workloads(device: str) -> list[dict[str, Any]]:
     """Each model with its data and the trainer configurations to measure, most important first."""
     if device == "cpu":
         return [
-            {"spec": "densenet_bc", "overrides": TINY, "data": "fake_cifar", "batch": 64, "steps": 60, "trainer": [{}]},
+            {
+                "spec": "densenet_bc",
+                "overrides": TINY,
+                "data": "fake_cifar",
+                "batch": 64,
+                "steps": 150,
+                "trainer": [{}],
+            },
         ]
     bc = {"spec": "densenet_bc_100_12", "overrides": {}, "data": "fake_cifar", "batch": 64, "steps": 150}
     bc["trainer"] = [
@@ -90,6 +106,8 @@ def trainer_row(w: dict, switches: dict, device: str, steps: int) -> tuple[float
             max_steps=steps,
             **{k: v for k, v in switches.items() if k != "once"},
         )
+        if "s_per_step" not in result:
+            raise SystemExit(f"{w['data']}'s epoch is shorter than {steps} steps at batch {w['batch']}: no pace")
         return result["s_per_step"], result["data_fraction"]
 
 
@@ -120,8 +138,11 @@ class HandLoop:
             start = (self.position * b) % (len(self.order) - b)
             index = self.order[start : start + b]
             x = normalise(self.data.train.images[index], self.data.mean, self.data.std)
-            if self.augment:
-                x = crop_and_flip(x, PAD, generator(0, 0, self.position))
+            if self.augment:  # drawn on the CPU, copied without waiting for the GPU (page-locked)
+                offsets, flip = draw_crop_and_flip(len(index), 2, PAD, generator(0, 0, self.position))
+                if self.device == "cuda":
+                    offsets, flip = (t.pin_memory().to(self.device, non_blocking=True) for t in (offsets, flip))
+                x = apply_crop_and_flip(x, PAD, offsets, flip)
             if self.cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
@@ -202,33 +223,46 @@ def main() -> None:
             for m in order.sample(repeated, len(repeated)):
                 m["times"].append(measure(m, w, loop, args.device, steps))
                 print(f"round {rnd + 1}: {model} {m['name']}: {m['times'][-1]:.5f} s/step", flush=True)
+        write(rows + collect(measures, w, model, steps), args)  # a cold compile below may outlast the limit
         for m in measures:  # rows measured once (a cold compile): last, and only within the budget
             if not m["times"] and (args.budget is None or time.perf_counter() - began < args.budget):
                 m["times"].append(measure(m, w, loop, args.device, steps))
                 print(f"once: {model} {m['name']}: {m['times'][-1]:.5f} s/step", flush=True)
-        best = min(statistics.median(m["times"]) for m in measures if m["kind"] == "isolated")
-        by_hand = statistics.median(next(m["times"] for m in measures if m["kind"] == "loop"))
-        for m in measures:
-            if not m["times"]:
-                continue
-            s = statistics.median(m["times"])
-            rows.append(
-                {
-                    "model": model,
-                    "data": w["data"],
-                    "batch": w["batch"],
-                    "kind": m["kind"],
-                    "configuration": m["name"],
-                    "s_per_iter": s,
-                    "images_per_s": w["batch"] / s,
-                    "vs_best_isolated": s / best,
-                    "vs_hand_loop": s / by_hand,
-                    "data_share": statistics.median(m["data_share"]) if m.get("data_share") else None,
-                    "steps": steps,
-                    "rounds": m["times"],
-                }
-            )
+        rows += collect(measures, w, model, steps)
         write(rows, args)  # after each model: a run cut short keeps what it measured
+
+
+def collect(measures: list[dict[str, Any]], w: dict, model: str, steps: int) -> list[dict[str, Any]]:
+    """A model's rows: medians over the rounds and ratios within them."""
+    rows = []
+    # ratios of times measured in the same round (drift between rounds cancels), then their median
+    best = min((m for m in measures if m["kind"] == "isolated"), key=lambda m: statistics.median(m["times"]))
+    by_hand = next(m for m in measures if m["kind"] == "loop")
+
+    def paired(m: dict, base: dict) -> float:
+        return statistics.median(a / b for a, b in zip(m["times"], base["times"], strict=False))
+
+    for m in measures:
+        if not m["times"]:
+            continue
+        s = statistics.median(m["times"])
+        rows.append(
+            {
+                "model": model,
+                "data": w["data"],
+                "batch": w["batch"],
+                "kind": m["kind"],
+                "configuration": m["name"],
+                "s_per_iter": s,
+                "images_per_s": w["batch"] / s,
+                "vs_best_isolated": paired(m, best),
+                "vs_hand_loop": paired(m, by_hand),
+                "data_share": statistics.median(m["data_share"]) if m.get("data_share") else None,
+                "steps": steps,
+                "rounds": m["times"],
+            }
+        )
+    return rows
 
 
 def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:

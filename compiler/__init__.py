@@ -27,11 +27,11 @@ def compile(
     **overrides: Any,
 ) -> torch.nn.Module:
     """Build the PyTorch module of a spec file, a zoo name, a validated `dsl.Network` or its graph
-(`build_graph`'s, which is then not built again).
+    (`build_graph`'s, which is then not built again).
 
-    `memory` picks how dense blocks are lowered: naive, checkpoint, shared, or auto (by the
-    estimated training memory at `batch` against what `device` has free); by default the spec's
-    `memory` setting, else naive. Other keywords override the spec's parameters.
+        `memory` picks how dense blocks are lowered: naive, checkpoint, shared, or auto (by the
+        estimated training memory at `batch` against what `device` has free); by default the spec's
+        `memory` setting, else naive. Other keywords override the spec's parameters.
     """
     from .emit import emit
     from .memory import choose_lowering

@@ -85,7 +85,8 @@ class CheckpointDenseBlock(DenseBlock):
                 fresh_two[0] = False
                 return out
 
-            a, b = checkpoint(entry, *features, use_reentrant=False)
+            # no RNG inside (dropout is applied outside): no state to stash, which a CUDA graph could not
+            a, b = checkpoint(entry, *features, use_reentrant=False, preserve_rng_state=False)
             return torch.cat([layer.branch1b(a), layer.branch2c(layer.branch2b(b))], 1)
         first, *rest = layer.stages()
         fresh = [True]
@@ -98,7 +99,7 @@ class CheckpointDenseBlock(DenseBlock):
             fresh[0] = False
             return first.conv(first.relu(x))
 
-        h = checkpoint(segment, *features, use_reentrant=False)
+        h = checkpoint(segment, *features, use_reentrant=False, preserve_rng_state=False)
         if first.dropout is not None:
             h = first.dropout(h)
         for stage in rest:
@@ -125,6 +126,16 @@ def _replayed_mask(dropout: nn.Module, like: Tensor, state: Tensor) -> Tensor:
 
 class SharedDenseBlock(DenseBlock):
     """Keeps the block's features in one buffer and recomputes BN+ReLU in the backward pass."""
+
+    def cuda_graph_refusal(self) -> str | None:
+        """Why a CUDA graph cannot capture a training step through this block, or None."""
+        stages = [s for layer in self.values() if hasattr(layer, "stages") for s in layer.stages()]
+        if any(s.dropout is not None and s.dropout.p > 0 for s in stages):
+            return (
+                "the shared lowering draws its dropout masks again in the backward pass from a saved RNG "
+                "state, which a CUDA graph cannot hold (--memory checkpoint keeps both)"
+            )
+        return None
 
     def forward(self, x: Tensor) -> Tensor:
         if any(isinstance(layer, TwoWayDenseLayer) for layer in self.values()):

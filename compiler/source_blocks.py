@@ -134,7 +134,10 @@ class BlockSource:
             f"{INDENT}def first_stage_recomputed(self, features: list[Tensor]) -> Tensor:",
             *(self.recompute_batch_norm() if self.normalization == "batch" else self.recompute_any()),
             "",
-            f"{i2}return checkpoint(stage, *features, use_reentrant=False)",
+            f"{i2}# no RNG inside: nothing to stash (which a CUDA graph could not hold)",
+            f"{i2}return checkpoint(",
+            f"{i2}    stage, *features, use_reentrant=False, preserve_rng_state=False",
+            f"{i2})",
         ]
 
     def recompute_batch_norm(self) -> list[str]:
@@ -370,7 +373,9 @@ class BlockSource:
             f"{i3}first = False",
             f"{i3}return out",
             "",
-            f"{i2}return checkpoint(entry, *features, use_reentrant=False)",
+            f"{i2}return checkpoint(",
+            f"{i2}    entry, *features, use_reentrant=False, preserve_rng_state=False",
+            f"{i2})",
         ]
 
     def frozen_statistics(self) -> list[str]:

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .config import UsageError
+
 if TYPE_CHECKING:
-    from .train import Config
+    from .config import Config
 
 
 class EMA:
@@ -74,7 +76,5 @@ def build(model: torch.nn.Module, config: Config) -> EMA | None:
     if not config.ema:
         return None
     if not 0 < config.ema < 1:
-        from .train import UsageError
-
         raise UsageError(f"--ema takes a decay between 0 and 1 (such as 0.999), not {config.ema}")
     return EMA(model, config.ema)

@@ -181,12 +181,24 @@ def _collate_raw(batch: list[tuple[Tensor, Tensor, int]]) -> tuple[list[Tensor],
 
 def decode(data: list[Tensor], device: torch.device) -> list[Tensor]:
     """Files' bytes as RGB uint8 images on `device`: JPEGs batched through decode_jpeg (nvJPEG on
-    CUDA), other formats and what nvJPEG refuses (CMYK) on the CPU."""
+    CUDA), other formats and what nvJPEG refuses (CMYK) on the CPU. On CUDA the decoder runs under
+    a stream of its own: torchvision's decoder writes its outputs from an internal stream without
+    waiting on the caller's (pytorch/vision#9606), so their memory must come from a stream that
+    nothing else uses, and the training stream waits for them and keeps them alive."""
     io = _torchvision().io
     rgb = io.ImageReadMode.RGB
     with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, which decodes video, not JPEG batches
         warnings.simplefilter("ignore", DeprecationWarning)
-        return _decode(io, rgb, data, device)
+        if device.type != "cuda":
+            return _decode(io, rgb, data, device)
+        current = torch.cuda.current_stream(device)
+        own = _STREAMS.setdefault(device.index or 0, torch.cuda.Stream(device))
+        with torch.cuda.stream(own):
+            images = _decode(io, rgb, data, device)
+        current.wait_stream(own)
+        for image in images:
+            image.record_stream(current)
+        return images
 
 
 def _decode(io: Any, rgb: Any, data: list[Tensor], device: torch.device) -> list[Tensor]:
@@ -220,29 +232,46 @@ def on_device(data: list[Tensor], params: Tensor, info: dict, size: tuple[int, i
     """A training batch decoded and transformed on `device`: random-sized crop, colour jitter in each
     sample's order, PCA lighting, flip, normalisation, as `transforms` does it in a worker."""
     F = _torchvision().transforms.v2.functional
-    p = params.to(device)
+    constants = _constants(device, info)
+    pinned = device.type == "cuda"
+    p = (params.pin_memory() if pinned else params).to(device, non_blocking=pinned)
     column = {name: p[:, i] for i, name in enumerate(PARAMS)}
     crops = []
     for image, box in zip(decode(data, device), params[:, :4].long().tolist(), strict=True):
         crops.append(F.resized_crop(image, *box, size=list(size), antialias=True))
     x = torch.stack(crops).float()  # uint8 values, as the worker's jitter sees them
     view = (-1, 1, 1, 1)
-    brightness, contrast, saturation = (column[k].float().view(view) for k in ("brightness", "contrast", "saturation"))
-    for k in range(4):  # ColorJitter's four operations in each sample's own order (hue is not used)
-        order = column[f"order{k}"].view(view)
+    brightness, contrast, saturation = (column[n].float().view(view) for n in ("brightness", "contrast", "saturation"))
+    for position in range(4):  # ColorJitter's four operations in each sample's own order (hue is not used)
+        order = column[f"order{position}"].view(view)
         x = torch.where(order == 0, (x * brightness).clamp_(0, 255).floor_(), x)
         mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
         x = torch.where(order == 1, _blend(x, mean, contrast), x)
         x = torch.where(order == 2, _blend(x, _grey(x), saturation), x)
     x = x / 255
-    eigval = torch.tensor(info["eigval"], device=device)
-    eigvec = torch.tensor(info["eigvec"], device=device)
     alpha = torch.stack([column["alpha0"], column["alpha1"], column["alpha2"]], 1).float()
-    x = x + ((alpha * eigval) @ eigvec.T).view(-1, 3, 1, 1)  # eigvec @ (alpha * eigval), per sample
+    lit = (alpha * constants["eigval"]) @ constants["eigvec"].T  # eigvec @ (alpha * eigval), per sample
+    x = x + lit.view(-1, 3, 1, 1)
     x = torch.where(column["flip"].view(view) > 0, x.flip(-1), x)
-    mean = torch.tensor([m / 255 for m in info["mean"]], device=device).view(1, 3, 1, 1)
-    std = torch.tensor([s / 255 for s in info["std"]], device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return (x - constants["mean"]) / constants["std"]
+
+
+_CONSTANTS: dict[tuple[str, int | None, int], dict[str, Tensor]] = {}
+_STREAMS: dict[int, torch.cuda.Stream] = {}  # the decoder's, per GPU
+
+
+def _constants(device: torch.device, info: dict) -> dict[str, Tensor]:
+    """The lighting's eigen-decomposition and the normalisation on `device`, made once: a tensor
+    made from a list at each batch would wait for the GPU."""
+    key = (device.type, device.index, id(info))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = {
+            "eigval": torch.tensor(info["eigval"], device=device),
+            "eigvec": torch.tensor(info["eigvec"], device=device),
+            "mean": torch.tensor([m / 255 for m in info["mean"]], device=device).view(1, 3, 1, 1),
+            "std": torch.tensor([s / 255 for s in info["std"]], device=device).view(1, 3, 1, 1),
+        }
+    return _CONSTANTS[key]
 
 
 class Steps:

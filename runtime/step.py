@@ -11,7 +11,8 @@ into the graph's inputs and one launch. The host reads the meter a window of ste
 Capture: a few warm-up steps on a side stream (cuDNN's autotuning, torch.compile, the optimizer's
 state), every tensor they changed put back as it was (state that did not exist before is zeroed,
 which is where a fresh optimizer starts), then one step recorded. The graph replays the same
-arithmetic as the eager step; which cases cannot be captured is said once, in runtime.config.graph_refusal.
+arithmetic as the eager step. Which cases cannot be captured is said once: runtime.config's
+graph_refusal for configurations, a lowering's `cuda_graph_refusal` for what its modules do.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ from torch import Tensor
 WARMUP = 3  # eager steps before a capture: cuDNN picks its kernels, DDP-free autograd settles
 WINDOW = 20  # the host reads the meter this many steps after it was written (and decides then under DDP)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # runtime.config.PRECISIONS
+
+
+def module_refusal(model: torch.nn.Module) -> str | None:
+    """A lowering's own reason why a CUDA graph cannot capture a step through it, or None."""
+    for module in model.modules():
+        why = getattr(module, "cuda_graph_refusal", None)
+        if why is not None and (reason := why()):
+            return reason
+    return None
 
 
 @dataclass
@@ -93,7 +103,7 @@ class Meter:
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
         host.copy_(values, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         return Reading(host, event)
 
     def read(self) -> Totals:
@@ -227,7 +237,8 @@ class Step:
             self._put_back(before, rng)
             self.optimizer.zero_grad(set_to_none=True)  # the gradients live in the graph's pool
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: a DataLoader's pin-memory thread may call CUDA meanwhile, which is no part of it
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 self.body(static, size)
         except Exception as e:  # a lowering or a feature that breaks capture: say so, train eagerly
             torch.cuda.synchronize(self.device)

@@ -37,7 +37,7 @@ from .config import Config, TrainingError, UsageError, check, graph_refusal, res
 from .data import generator, load
 from .distributed import World
 from .logs import Logs
-from .step import WINDOW, Meter, Step, Totals
+from .step import WINDOW, Meter, Step, Totals, module_refusal
 from .tasks import TASKS
 
 __all__ = ["Config", "Trainer", "TrainingError", "UsageError", "check", "resolve"]
@@ -62,6 +62,8 @@ class Trainer:
         self.world = world = world or World()
         self.say = print if world.main else _quiet
         self.device = world.device(c.device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # streams, events and graph capture follow the current device
         self.task = TASKS[run.dataset.task]
         check(c, world.size)
         if c.deterministic:
@@ -108,7 +110,9 @@ class Trainer:
         self.features = [f for build in FEATURES if (f := build(self.model, c)) is not None]
         self.meter = Meter(self.device)
         graphs = self.device.type == "cuda" and c.cuda_graphs is not False
-        why = graph_refusal(c, world.size) if graphs else None
+        why = (graph_refusal(c, world.size) or module_refusal(self.model)) if graphs else None
+        if why and c.cuda_graphs:
+            raise UsageError(f"--cuda-graphs cannot apply: {why}")
         if why:
             self.say(f"note: no CUDA graphs for this run: {why}")
         self.train_step = Step(
@@ -301,12 +305,13 @@ class Trainer:
             self.model.train()
             self.meter.reset(self.step)
             clock = Clock(self.step)
-            lr, shown, pending = math.nan, Totals(), None
+            lr, shown, pending = optim.lr_at(c, self.epoch, self.step, steps), Totals(), None
             while self.step < steps:
                 limit = c.max_steps is not None and taken >= c.max_steps  # the same step on every rank
                 (asked,) = self._together(self.stop_requested or interrupt_at == (self.epoch, self.step))
                 if limit or asked:  # a signal, the test hook `interrupt_at`, or --max-steps
                     self._drain()
+                    timing = clock.result(self.step)  # the steps' pace, without the checkpoint below
                     self.guard()
                     path = self.save()
                     return {
@@ -314,7 +319,7 @@ class Trainer:
                         "checkpoint": str(path),
                         "epoch": self.epoch,
                         "step": self.step,
-                        **clock.result(self.step),
+                        **timing,
                     }
                 t0 = time.perf_counter()
                 inputs, size = next(batches)

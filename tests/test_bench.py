@@ -74,7 +74,7 @@ def test_trainer_benchmark_dry_run(tmp_path):
 
 
 def test_graphs_and_decode_benchmarks_dry_run(tmp_path):
-    quick = ["--steps", "21", "--depth", "10", "--lowerings", "shared", "--dropouts", "0.2", "--precisions", "fp32"]
+    quick = ["--steps", "5", "--depth", "10", "--lowerings", "shared", "--dropouts", "0.2", "--precisions", "fp32"]
     bench("graphs.py", "--device", "cpu", *quick, "--batch", "8", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "graphs-cpu.json").read_text())
     assert len(rows) == 1 and all(r["graphs_captured"] == 0 and r["max_relative_difference"] == 0 for r in rows)

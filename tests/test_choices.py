@@ -15,7 +15,6 @@ import dsl
 from compiler.emit import emit
 from compiler.estimate import estimate
 
-from .conftest import run_cli
 from .test_memory import REDUCED, compare, measured_saved_bytes
 from .test_source import check_equal
 
@@ -74,13 +73,13 @@ def test_the_imagenet_family_takes_choices_in_3d():
         compiler.build_graph(dsl.load("densenet121_3d", blocks=[2, 2, 2, 2], size=32, norm="instance"))
 
 
-def test_choices_from_the_command_line():
-    ok = run_cli("densenet_bc", "--set", "depth=16", "--set", "act=silu", "--set", "norm=group(4)", "--json")
+def test_choices_from_the_command_line(dnetc):
+    ok = dnetc("densenet_bc", "--set", "depth=16", "--set", "act=silu", "--set", "norm=group(4)", "--json")
     assert ok.returncode == 0, ok.stderr
     assert '"activation": "silu"' in ok.stdout and '"normalization": "group(4)"' in ok.stdout
-    typo = run_cli("densenet_bc", "--set", "act=sliu")
+    typo = dnetc("densenet_bc", "--set", "act=sliu")
     assert typo.returncode == 2 and "did you mean `silu`?" in typo.stderr
-    uneven = run_cli("densenet_bc", "--set", "norm=group(5)")
+    uneven = dnetc("densenet_bc", "--set", "norm=group(5)")
     assert uneven.returncode == 2
     assert "group(5) normalization needs channels in groups of equal size, but this norm has 24" in uneven.stderr
 

@@ -30,13 +30,28 @@ def test_there_are_examples():
     assert len(BLOCKS) >= 7
 
 
-@pytest.mark.parametrize("table", ["memory-cpu", "speed-cpu"])
-def test_readme_shows_the_benchmark_as_measured(table):
-    readme = (ROOT / "README.md").read_text()
+@pytest.mark.parametrize(
+    ("doc", "table"),
+    [("docs/performance.md", t) for t in ("memory-cpu", "speed-cpu", "trainer-cpu")] + [("README.md", "trainer-cpu")],
+)
+def test_the_docs_show_the_benchmarks_as_measured(doc, table):
+    page = (ROOT / doc).read_text()
     key = table.split("-")[0] if table == "memory-cpu" else table
-    shown = re.search(rf"<!-- {key}:start -->\n(.*?)<!-- {key}:end -->", readme, re.S)
-    assert shown, f"README.md has no benchmark table between <!-- {key}:start --> and <!-- {key}:end -->"
+    shown = re.search(rf"<!-- {key}:start -->\n(.*?)<!-- {key}:end -->", page, re.S)
+    assert shown, f"{doc} has no table between <!-- {key}:start --> and <!-- {key}:end -->"
     assert shown.group(1).strip() == (ROOT / "bench" / "results" / f"{table}.md").read_text().strip()
+
+
+def test_the_performance_page_quotes_the_trainer_as_measured():
+    """The targets' figures are the committed results', not numbers typed in."""
+    import json
+
+    page = (ROOT / "docs" / "performance.md").read_text()
+    rows = json.loads((ROOT / "bench" / "results" / "trainer-cpu.json").read_text())["rows"]
+    trainer = next(r for r in rows if r["kind"] == "trainer")
+    assert f"**{trainer['vs_hand_loop']:.3f}x** the hand loop's time" in page
+    decode = json.loads((ROOT / "bench" / "results" / "decode-cpu.json").read_text())
+    assert f"about\n{decode['sixteen_cores']:,.0f} images/s" in page
 
 
 def test_the_reliability_report_shows_the_figures_as_measured():

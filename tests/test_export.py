@@ -11,7 +11,6 @@ import dsl
 from compiler.emit import emit
 from compiler.export import onnx
 
-from .conftest import run_cli
 from .test_memory import reduced
 from .test_source import VOLUME
 
@@ -55,12 +54,12 @@ def test_onnx_matches_the_module_at_any_batch(network, tmp_path):
     assert outputs_agree(tmp_path / "m.onnx", model, shape) <= 1e-4
 
 
-def test_cli_exports_with_weights(tmp_path):
+def test_cli_exports_with_weights(tmp_path, dnetc):
     torch.manual_seed(3)
     trained = compiler.compile("densenet_bc", depth=16)
     torch.save(trained.state_dict(), tmp_path / "w.pt")
     target = tmp_path / "bc.onnx"
-    result = run_cli(
+    result = dnetc(
         "densenet_bc", "--set", "depth=16", "--weights", str(tmp_path / "w.pt"), "--export", "onnx", str(target)
     )
     assert result.returncode == 0, result.stderr
@@ -68,6 +67,6 @@ def test_cli_exports_with_weights(tmp_path):
     assert outputs_agree(target, trained, (3, 32, 32)) <= 1e-4
 
 
-def test_cli_refuses_an_unknown_export_format(tmp_path):
-    result = run_cli("densenet_bc", "--export", "tflite", str(tmp_path / "m"))
+def test_cli_refuses_an_unknown_export_format(tmp_path, dnetc):
+    result = dnetc("densenet_bc", "--export", "tflite", str(tmp_path / "m"))
     assert result.returncode == 2 and "onnx" in result.stderr

@@ -12,8 +12,6 @@ from runtime.images import Files, Lighting, Raw, _collate_raw, on_device, scan, 
 from runtime.launch import plan
 from runtime.train import Trainer, resolve
 
-from .conftest import run_cli
-
 SMALL = ["--set", "blocks=[2,2]", "--set", "growth=8", "--set", "size=32"]
 
 
@@ -58,14 +56,12 @@ def test_imagenet_recipe_decays_at_epochs_31_and_61():
     assert [lr_at(c, e, 0, 10) for e in (29, 30, 59, 60)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
 
 
-def test_folder_training_and_ten_crop_evaluation(folders, tmp_path):
+def test_folder_training_and_ten_crop_evaluation(folders, tmp_path, dnetc):
     args = ["densenet_imagenet", *SMALL, "--train", "folder", "--data", str(folders)]
-    r = run_cli(
-        *args, "--epochs", "2", "--batch-size", "6", "--workers", "2", "--device", "cpu", "--out", str(tmp_path)
-    )
+    r = dnetc(*args, "--epochs", "2", "--batch-size", "6", "--workers", "2", "--device", "cpu", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "24 images" in r.stdout and "folder test error" in r.stdout
-    r = run_cli(*args, "--eval", str(tmp_path), "--ten-crop")
+    r = dnetc(*args, "--eval", str(tmp_path), "--ten-crop")
     assert r.returncode == 0, r.stderr
     assert "ten crops test error" in r.stdout
 
@@ -121,10 +117,10 @@ def test_resume_is_exact_with_decoding_on_the_device(folders, tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_folder_mistakes(folders, tmp_path):
-    r = run_cli("densenet121", "--train", "imagenet", "--data", str(tmp_path))
+def test_folder_mistakes(folders, tmp_path, dnetc):
+    r = dnetc("densenet121", "--train", "imagenet", "--data", str(tmp_path))
     assert r.returncode == 2 and "train" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("densenet121", "--train", "imagenet", "--data", str(folders))
+    r = dnetc("densenet121", "--train", "imagenet", "--data", str(folders))
     assert r.returncode == 2 and "3 class folders, not imagenet's 1000" in r.stderr
     with pytest.raises(DataError, match="not 3 x H x W"):
         load("folder", folders, shape=(1, 32, 32))

@@ -9,13 +9,11 @@ import pytest
 import compiler
 import dsl
 
-from .conftest import run_cli
-
 jsonschema = pytest.importorskip("jsonschema")
 
 
-def test_schema_command_prints_the_models_schema():
-    result = run_cli("schema")
+def test_schema_command_prints_the_models_schema(dnetc):
+    result = dnetc("schema")
     assert result.returncode == 0, result.stderr
     schema = json.loads(result.stdout)
     assert schema == dsl.schema()
@@ -35,8 +33,8 @@ def test_every_zoo_spec_follows_the_schema_and_validates_back(name):
     assert (a.graph["params"], a.graph["macs"]) == (b.graph["params"], b.graph["macs"])
 
 
-def test_json_report_carries_the_spec():
-    result = run_cli("densenet_bc_100_12", "--json")
+def test_json_report_carries_the_spec(dnetc):
+    result = dnetc("densenet_bc_100_12", "--json")
     spec = json.loads(result.stdout)["spec"]
     jsonschema.validate(spec, dsl.schema())
     assert [p["kind"] for p in spec["parts"]] == ["stem", "dense", "transition", "dense", "transition", "dense", "head"]

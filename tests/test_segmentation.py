@@ -13,8 +13,6 @@ import dsl
 from compiler.emit import emit
 from runtime.train import UsageError, check, resolve
 
-from .conftest import run_cli
-
 SMALL = ["--set", "down=[2,2]", "--set", "middle=2", "--set", "up=[2,2]", "--set", "growth=8", "--set", "first=16"]
 
 
@@ -68,31 +66,31 @@ def test_kept_names_do_not_shadow_values():
         dsl.parse("network n(growth = 4) { input 3 x 8 x 8 keep growth }")
 
 
-def test_segmentation_training_reaches_a_stated_miou(tmp_path):
+def test_segmentation_training_reaches_a_stated_miou(tmp_path, dnetc):
     out = tmp_path / "run"
     args = ["fc_densenet", *SMALL, "--set", "size=32", "--set", "dropout=0", "--train", "shapes", "--epochs", "8"]
-    result = run_cli(*args, "--device", "cpu", "--out", str(out))
+    result = dnetc(*args, "--device", "cpu", "--out", str(out))
     assert result.returncode == 0, result.stderr
     miou = float(re.search(r"shapes test mIoU (\S+) \(pixel error", result.stdout).group(1))
     assert miou >= 0.8, result.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["test_miou"] == pytest.approx(miou, abs=1e-3)
-    again = run_cli("fc_densenet", *SMALL, "--set", "size=32", "--set", "dropout=0", "--eval", str(out))
+    again = dnetc("fc_densenet", *SMALL, "--set", "size=32", "--set", "dropout=0", "--eval", str(out))
     assert again.returncode == 0 and f"test mIoU {miou:.3f}" in again.stdout
 
 
-def test_a_classifier_on_a_segmentation_dataset_and_back_exit_2():
-    wrong = run_cli("densenet_bc", "--set", "depth=10", "--train", "shapes", "--epochs", "1")
+def test_a_classifier_on_a_segmentation_dataset_and_back_exit_2(dnetc):
+    wrong = dnetc("densenet_bc", "--set", "depth=10", "--train", "shapes", "--epochs", "1")
     assert wrong.returncode == 2 and "head pixel_classifier(classes)" in wrong.stderr
-    back = run_cli("fc_densenet", *SMALL, "--train", "digits", "--epochs", "1")
+    back = dnetc("fc_densenet", *SMALL, "--train", "digits", "--epochs", "1")
     assert back.returncode == 2 and "not class scores" in back.stderr
     with pytest.raises(UsageError, match="masks are not augmented"):
         check(resolve("shapes", augment=True), 1)
 
 
-def test_the_u_shape_is_drawn_with_its_skips(tmp_path):
+def test_the_u_shape_is_drawn_with_its_skips(tmp_path, dnetc):
     target = tmp_path / "fc.dot"
-    result = run_cli("fc_densenet56", "--viz", str(target))
+    result = dnetc("fc_densenet56", "--viz", str(target))
     assert result.returncode == 0, result.stderr
     text = target.read_text()
     assert "skips[0]" in text and text.count("style=dashed") == 5

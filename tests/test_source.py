@@ -18,7 +18,6 @@ from compiler.emit import emit
 from compiler.source import python_source
 from runtime import checkpoint
 
-from .conftest import run_cli
 from .test_memory import REDUCED, assert_same, reduced, step
 
 RUFF = [sys.executable, "-m", "ruff"]
@@ -166,9 +165,9 @@ def test_header_gives_spec_overrides_params_and_macs():
     assert f"{g.graph['macs']:,} multiply-adds" in header
 
 
-def test_cli_emits_python_that_loads_a_dnetc_checkpoint(tmp_path):
+def test_cli_emits_python_that_loads_a_dnetc_checkpoint(tmp_path, dnetc):
     target = tmp_path / "net.py"
-    result = run_cli("densenet_bc", "--set", "depth=16", "--emit", "python", str(target))
+    result = dnetc("densenet_bc", "--set", "depth=16", "--emit", "python", str(target))
     assert result.returncode == 0, result.stderr
     assert f"wrote {target}" in result.stdout
     module = load_source(target.read_text(), tmp_path, "net")
@@ -188,14 +187,14 @@ def test_cli_emits_python_that_loads_a_dnetc_checkpoint(tmp_path):
         module.load_weights(str(tmp_path / "bad.pt"))
 
 
-def test_cli_emits_python_to_stdout_with_the_specs_lowering():
-    result = run_cli("densenet_bc", "--set", "depth=16", "--memory", "shared", "--emit", "python")
+def test_cli_emits_python_to_stdout_with_the_specs_lowering(dnetc):
+    result = dnetc("densenet_bc", "--set", "depth=16", "--memory", "shared", "--emit", "python")
     assert result.returncode == 0, result.stderr
     assert "def __init__(self, classes: int = 10, memory_efficient: bool = True)" in result.stdout
     compile(result.stdout, "emitted.py", "exec")
 
 
-def test_cli_refuses_an_unknown_emit_format():
-    result = run_cli("densenet_bc", "--emit", "java")
+def test_cli_refuses_an_unknown_emit_format(dnetc):
+    result = dnetc("densenet_bc", "--emit", "java")
     assert result.returncode == 2
     assert "python" in result.stderr

@@ -8,7 +8,7 @@ import torch
 from runtime import optim
 from runtime.config import resolve
 from runtime.launch import plan
-from runtime.step import WINDOW, Meter
+from runtime.step import WINDOW, Meter, module_refusal
 from runtime.train import Trainer
 
 
@@ -124,3 +124,17 @@ def test_the_training_loop_reads_the_device_once_a_window(tmp_path, monkeypatch)
     reads["n"] = 0
     t.evaluate()
     assert reads["n"] == 1  # the evaluation's sums, read once
+
+
+def test_each_lowering_says_whether_a_cuda_graph_can_capture_it():
+    """The shared lowering replays dropout from a saved RNG state (no graph can hold it) and says so;
+    checkpointing stashes no RNG state (its recomputed segments draw none), so it can be captured."""
+    import compiler
+
+    for memory, dropout, refused in (("shared", 0.2, True), ("shared", 0.0, False), ("checkpoint", 0.2, False)):
+        model = compiler.compile("densenet_bc", depth=10, growth=8, dropout=dropout, memory=memory)
+        why = module_refusal(model)
+        assert (why is not None) == refused, (memory, dropout, why)
+    assert "--memory checkpoint" in module_refusal(
+        compiler.compile("densenet_bc", depth=10, dropout=0.2, memory="shared")
+    )

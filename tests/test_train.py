@@ -36,7 +36,7 @@ def test_learning_rate_schedules():
     assert c.batch_size == 64 and c.epochs == 300 and c.nesterov and c.weight_decay == 1e-4
 
 
-def test_digits_reaches_97_percent(tmp_path):
+def test_digits_reaches_97_percent(tmp_path, dnetc):
     r = run_cli(
         "densenet_bc",
         "--set",
@@ -60,7 +60,7 @@ def test_digits_reaches_97_percent(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
-    r = run_cli("densenet_bc", "--set", "depth=22", "--set", "growth=12", "--eval", str(tmp_path))
+    r = dnetc("densenet_bc", "--set", "depth=22", "--set", "growth=12", "--eval", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert f"digits test error {final['test_error']:.2f}%" in r.stdout
 

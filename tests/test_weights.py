@@ -12,8 +12,6 @@ import compiler
 from runtime import checkpoint
 from runtime.weights import WeightsError, load_into, read
 
-from .conftest import run_cli
-
 torchvision = pytest.importorskip("torchvision")
 
 
@@ -49,15 +47,15 @@ def test_torchvision_files_load_and_give_torchvisions_outputs(name, files, refer
         assert torch.allclose(model(x), reference(x), atol=1e-5)
 
 
-def test_summary_with_weights_in_both_key_styles(files):
+def test_summary_with_weights_in_both_key_styles(files, dnetc):
     for name in ("densenet121.pth", "densenet121-old.pth"):
-        result = run_cli("densenet121", "--summary", "--depth", "1", "--weights", str(files / name))
+        result = dnetc("densenet121", "--summary", "--depth", "1", "--weights", str(files / name))
         assert result.returncode == 0, result.stderr
         assert f"Weights: 727 tensors from {files / name}, every one matched." in result.stdout
 
 
-def test_a_file_that_does_not_fit_gives_a_table_and_exit_2(files):
-    result = run_cli("densenet169", "--summary", "--weights", str(files / "densenet121.pth"))
+def test_a_file_that_does_not_fit_gives_a_table_and_exit_2(files, dnetc):
+    result = dnetc("densenet169", "--summary", "--weights", str(files / "densenet121.pth"))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     first, header, *rows = result.stderr.splitlines()
@@ -70,9 +68,9 @@ def test_a_file_that_does_not_fit_gives_a_table_and_exit_2(files):
     assert torchinfo_table not in result.stdout  # refused before anything is shown
 
 
-def test_another_class_count_needs_reset_classifier(files, tmp_path):
+def test_another_class_count_needs_reset_classifier(files, tmp_path, dnetc):
     args = ["densenet121", "--set", "classes=10", "--weights", str(files / "densenet121.pth")]
-    refused = run_cli(*args, "--export", "onnx", str(tmp_path / "m.onnx"))
+    refused = dnetc(*args, "--export", "onnx", str(tmp_path / "m.onnx"))
     assert refused.returncode == 2
     assert re.search(r"classifier +2 +1000x1024 +10x1024", refused.stderr)
     assert "--reset-classifier" in refused.stderr
@@ -85,8 +83,8 @@ def test_another_class_count_needs_reset_classifier(files, tmp_path):
     )
 
 
-def test_reset_classifier_needs_weights():
-    result = run_cli("densenet121", "--reset-classifier")
+def test_reset_classifier_needs_weights(dnetc):
+    result = dnetc("densenet121", "--reset-classifier")
     assert result.returncode == 2 and "--weights" in result.stderr
 
 
@@ -94,7 +92,7 @@ def test_reset_classifier_needs_weights():
     ("content", "message"),
     [(b"not a torch file", "is not a torch weights file"), (None, "no weights file"), ([1, 2], "holds no state_dict")],
 )
-def test_unreadable_weights_are_named(content, message, tmp_path):
+def test_unreadable_weights_are_named(content, message, tmp_path, dnetc):
     path = tmp_path / "w.pth"
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -102,7 +100,7 @@ def test_unreadable_weights_are_named(content, message, tmp_path):
         torch.save(content, path)
     with pytest.raises(WeightsError, match=message):
         read(path)
-    result = run_cli("densenet121", "--summary", "--weights", str(path))
+    result = dnetc("densenet121", "--summary", "--weights", str(path))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
@@ -120,19 +118,19 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
 SMALL = ["densenet_bc", "--set", "depth=16", "--set", "growth=8"]
 
 
-def test_evaluate_and_fine_tune_from_a_dnetc_checkpoint(tmp_path):
+def test_evaluate_and_fine_tune_from_a_dnetc_checkpoint(tmp_path, dnetc):
     run = tmp_path / "run"
-    trained = run_cli(*SMALL, "--train", "digits", "--epochs", "1", "--device", "cpu", "--out", str(run))
+    trained = dnetc(*SMALL, "--train", "digits", "--epochs", "1", "--device", "cpu", "--out", str(run))
     assert trained.returncode == 0, trained.stderr
     best = run / "checkpoints" / "latest.pt"
-    by_run = run_cli(*SMALL, "--eval", str(run), "--device", "cpu")
-    by_weights = run_cli(*SMALL, "--weights", str(best), "--eval", "--train", "digits")
+    by_run = dnetc(*SMALL, "--eval", str(run), "--device", "cpu")
+    by_weights = dnetc(*SMALL, "--weights", str(best), "--eval", "--train", "digits")
     assert by_run.returncode == 0 and by_weights.returncode == 0, by_run.stderr + by_weights.stderr
     error = re.search(r"test error (\S+)%", by_run.stdout).group(1)
     assert f"test error {error}%" in by_weights.stdout
     tuned = tmp_path / "tuned"
     args = [*SMALL, "--weights", str(best), "--reset-classifier", "--train", "digits", "--epochs", "1"]
-    result = run_cli(*args, "--device", "cpu", "--out", str(tuned))
+    result = dnetc(*args, "--device", "cpu", "--out", str(tuned))
     assert result.returncode == 0, result.stderr
     assert re.search(r"started from \d+ tensors of .*latest.pt, the classifier afresh", result.stdout)
     recorded = json.loads((tuned / "config.json").read_text())["weights"]
@@ -143,6 +141,6 @@ def test_evaluate_and_fine_tune_from_a_dnetc_checkpoint(tmp_path):
     )
 
 
-def test_eval_without_a_checkpoint_needs_weights_and_a_dataset():
-    result = run_cli(*SMALL, "--eval")
+def test_eval_without_a_checkpoint_needs_weights_and_a_dataset(dnetc):
+    result = dnetc(*SMALL, "--eval")
     assert result.returncode == 2 and "--weights" in result.stderr
