@@ -55,6 +55,7 @@ from runtime.data import (  # noqa: E402
     normalise,
 )
 from runtime.launch import bind  # noqa: E402
+from runtime.step import autocast_dtype  # noqa: E402
 
 TINY = {"depth": 10, "growth": 8}  # DenseNet-BC with one layer a block: Python overhead shows
 
@@ -124,7 +125,7 @@ class HandLoop:
         self.model = self.model.to(device, memory_format=fmt)
         self.data = load(w["data"], shape=tuple(g.nodes["input"]["shape"])).to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        self.dtype = autocast_dtype(config.precision)
         self.batch, self.device, self.augment = w["batch"], device, config.augment
         self.order = torch.randperm(len(self.data.train)).to(device)
         self.position = 0

@@ -157,7 +157,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--deterministic", action="store_true", default=None, help="repeatable runs on one machine")
     t.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     t.add_argument(
-        "--precision", choices=PRECISIONS, help="autocast (default: by device and input size, docs/performance.md)"
+        "--precision",
+        choices=tuple(PRECISIONS),
+        help="autocast (default: by device and input size, docs/performance.md)",
     )
     t.add_argument(
         "--channels-last",

@@ -14,7 +14,7 @@ from .datasets import DEFAULT_WORKERS, dataset
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OWN_GRAPHS = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs themselves
-PRECISIONS = ("fp32", "bf16", "fp16")  # autocast's dtypes: runtime.step maps them to torch's
+PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # --precision: autocast's torch dtype
 
 
 class TrainingError(Exception):
@@ -79,7 +79,7 @@ DECODERS = ("workers", "device")
 
 def device_defaults(device: str, shape: tuple[int, ...] | None) -> dict[str, Any]:
     """The precision and layout a device trains fastest in at this input shape."""
-    if device.split(":")[0] != "cuda":
+    if not _cuda(device):
         return dict(CPU_DEFAULTS)
     positions = math.prod(shape[1:]) if shape else math.inf
     return dict(next(d for limit, d in CUDA_DEFAULTS if positions <= limit))
@@ -118,7 +118,7 @@ def check(config: Config, processes: int) -> None:
         )
     from .tasks import TASKS
 
-    cuda = config.device.split(":")[0] == "cuda"
+    cuda = _cuda(config.device)
     if config.sync_bn and processes > 1 and not cuda:
         raise UsageError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
     if config.augment and not TASKS[dataset(config.dataset).task].augments:
@@ -151,6 +151,11 @@ def graph_refusal(config: Config, processes: int) -> str | None:
 
 
 def default_device() -> str:
+    """CUDA when there is one."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _cuda(device: str) -> bool:
+    return device.split(":")[0] == "cuda"

@@ -22,6 +22,7 @@ from dsl.errors import did_you_mean
 from dsl.evaluate import literal
 
 from . import checkpoint, distributed, version
+from .config import default_device
 from .data import class_count, load
 from .datasets import Dataset, dataset
 from .tasks import TASKS
@@ -222,7 +223,7 @@ def train(spec: str, name: str, *, download: bool = False, **options: Any) -> di
     """Train a spec on a dataset (`options` are `plan`'s), fetching the data first with `download`;
     the result holds the exit status under `code` (1: stopped by a signal, resumable)."""
     flags = options.get("flags") or {}
-    world = distributed.from_environment(flags.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    world = distributed.from_environment(flags.get("device") or default_device())
     finished = False
     try:
         if download and world.main:

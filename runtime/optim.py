@@ -74,8 +74,8 @@ class Rate:
     def initial(self) -> Any:
         return self.tensor if self.tensor is not None else self.value
 
-    def set(self, value: float) -> None:
-        if value == self.value:  # (a NaN never is)
+    def set(self, value: float, force: bool = False) -> None:
+        if value == self.value and not force:  # on CUDA a kernel saved each step
             return
         self.value = value
         if self.tensor is not None:
@@ -114,8 +114,7 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state: dict[str, Any], rat
         group.update(own)
         group["lr"] = rate.initial
     rate.groups = optimizer.param_groups
-    rate.value = math.nan  # the saved rate (the schedule's, where the run stopped), put back as the steps read it
-    rate.set(float(state["param_groups"][0]["lr"]))
+    rate.set(float(state["param_groups"][0]["lr"]), force=True)  # the schedule's, where the run stopped
 
 
 def lr_at(config: Config, epoch: int, step: int, steps: int) -> float:

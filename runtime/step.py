@@ -26,9 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .config import PRECISIONS
+
 WARMUP = 3  # eager steps before a capture: cuDNN picks its kernels, DDP-free autograd settles
 WINDOW = 20  # the host reads the meter this many steps after it was written (and decides then under DDP)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # runtime.config.PRECISIONS
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype autocast runs in for a --precision (None: fp32, no autocast)."""
+    name = PRECISIONS[precision]
+    return None if name is None else getattr(torch, name)
 
 
 def module_refusal(model: torch.nn.Module) -> str | None:
@@ -142,7 +149,7 @@ class Step:
     ) -> None:
         self.model, self.net, self.optimizer, self.scaler = model, net, optimizer, scaler
         self.materialise, self.task, self.meter, self.features = materialise, task, meter, list(features)
-        self.dtype = PRECISIONS[precision]
+        self.dtype = autocast_dtype(precision)
         self.accumulate, self.world_size, self.channels_last = accumulate, world_size, channels_last
         self.device, self.say = device, say
         self.compile_mode = compile_mode

@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,6 +108,8 @@ class Trainer:
         self.optimizer, self.lr = optim.build(self.model.parameters(), c, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
         self.features = [f for build in FEATURES if (f := build(self.model, c)) is not None]
+        # the feature that holds the weights evaluation and inference use (the EMA's), if any
+        self.inference = next((f for f in self.features if hasattr(f, "weights")), None)
         self.meter = Meter(self.device)
         graphs = self.device.type == "cuda" and c.cuda_graphs is not False
         why = (graph_refusal(c, world.size) or module_refusal(self.model)) if graphs else None
@@ -150,13 +152,12 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """The whole run's state; under data parallelism a collective (every rank's RNG)."""
         ranks = self.world.gather(self._rng()) if self.world.size > 1 else []
-        inference = [f.key for f in self.features if hasattr(f, "weights")]
         return {
             "model": self.model.state_dict(),
             "optimizer": optim.state_dict(self.optimizer),
             "scaler": self.scaler.state_dict(),
             **{f.key: f.state_dict() for f in self.features},
-            "inference": inference[0] if inference else "model",  # the weights --eval and --export use
+            "inference": self.inference.key if self.inference else "model",  # what --eval and --export use
             "epoch": self.epoch,
             "step": self.step,
             "best": self.best,
@@ -195,8 +196,9 @@ class Trainer:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
-    def non_finite(self) -> list[str]:
-        """The tensors of the state that hold an infinity or a NaN (one read of the device)."""
+    def non_finite(self) -> tuple[list[str], int]:
+        """The floating tensors of the state that hold an infinity or a NaN, and how many it has (one
+        read of the device)."""
         named = [(f"model.{k}", v) for k, v in self.model.state_dict().items()]
         for i, s in enumerate(self.optimizer.state.values()):
             named += [(f"optimizer.{i}.{k}", v) for k, v in s.items() if isinstance(v, torch.Tensor)]
@@ -204,17 +206,16 @@ class Trainer:
             named += [(f"{f.key}.{k}", v) for k, v in f.state_dict().items()]
         named = [(k, v) for k, v in named if v.is_floating_point()]
         if not named:
-            return []
+            return [], 0
         finite = torch.stack([v.isfinite().all() for _, v in named]).tolist()
-        return [k for (k, _), ok in zip(named, finite, strict=True) if not ok]
+        return [k for (k, _), ok in zip(named, finite, strict=True) if not ok], len(named)
 
     def guard(self) -> None:
         """Refuse to go on (and so to save) from a state that is not finite: say what, and what is kept."""
-        bad = self.non_finite()
+        bad, total = self.non_finite()
         if self.world.size > 1 and self.world.sum([len(bad)], self.device)[0] and not bad:
             bad = ["(on another rank)"]
         if bad:
-            total = len(self.model.state_dict()) + sum(len(s) for s in self.optimizer.state.values())
             raise TrainingError(
                 f"the training state is no longer finite after epoch {self.epoch + 1}, step {self.step}: "
                 f"{len(bad)} of its {total} tensors hold an infinity or NaN ({', '.join(bad[:3])}"
@@ -360,9 +361,8 @@ class Trainer:
         with the features' inference weights (the EMA's); counted on the device, read once."""
         n = len(self.data.val if split == "val" else self.data.test)
         evaluation = self.task.evaluation(self.data.classes, self.device)
-        inference = [f for f in self.features if hasattr(f, "weights")]
         self.model.eval()
-        with inference[0].weights() if inference else contextlib.nullcontext():
+        with self.inference.weights() if self.inference else contextlib.nullcontext():
             for x, y in self.data.test_batches(self.world.share(n), split=split):  # each rank its share, summed
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 crops = self.data.crops
@@ -427,13 +427,10 @@ class Clock:
     window's end (warm-up, compilation and graph capture are behind by then) to the last step."""
 
     start: int
-    began: float = 0.0
+    began: float = field(default_factory=time.perf_counter)
     data_s: float = 0.0
     marked_step: int | None = None
     marked_at: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.began = time.perf_counter()
 
     def seconds(self) -> float:
         return time.perf_counter() - self.began
