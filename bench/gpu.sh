@@ -7,6 +7,10 @@
 #                       loop: DenseNet-BC-100-12 at batch 64 on CIFAR's shapes, densenet121 at batch 256;
 #     bench/decode.py   JPEG decoding and the ImageNet transforms on the GPU against a CPU core's.
 #   bash bench/gpu.sh OUT speed      bench/speed.py's rows against torchvision (under 8 minutes).
+#   bash bench/gpu.sh OUT fused      bench/fused.py: the fused lowering's equality on the GPU, then its step
+#                                    time and memory against naive and shared, its Triton kernels against
+#                                    its ATen path, torchvision eager, and torch.compile max-autotune
+#                                    apart (its compile may take minutes); under 8 minutes.
 # On the lent machine, after the wheels prefix of ../shared/gpu/README.md.
 set -uo pipefail
 out=${1:-bench/results}
@@ -24,6 +28,11 @@ step() {  # a limit in seconds, then the command
     timeout "$limit" "$@"
     echo "== exit $?, $((SECONDS - start)) s so far"
 }
+if [ "$what" = fused ]; then
+    step 300 python3 bench/fused.py --device cuda --rounds 10 --out "$out"
+    step 170 python3 bench/fused.py --device cuda --rounds 5 --cases densenet121 --only "torchvision max-autotune" --out "$out"
+    exit 0
+fi
 if [ "$what" = speed ]; then
     step 440 python3 bench/speed.py --device cuda --budget 250 --steps 15 --out "$out"
     exit 0

@@ -4,7 +4,8 @@ For group norm + SiLU DenseNet-BC, PeleeNet's two-way layers, FC-DenseNet's skip
 DenseNet, on the CPU or CUDA:
   1. one float32 training step of each lowering against naive (same weights, input and dropout; TF32
      off): the relative difference of the output and all gradients (naive against itself shows the
-     device's own run-to-run noise);
+     device's own run-to-run noise), and each one's error against naive in float64 (a lowering whose
+     arithmetic runs in another order, as fused's does, is held to naive's own float32 error);
   2. one bf16-autocast step on CUDA: a finite loss;
   3. the peak memory of a step (CUDA: max_memory_allocated above the model; CPU: not measured) and
      the median step time, the lowerings interleaved step by step so that drift cancels.
@@ -28,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import compiler
 import dsl
+from compiler.lowerings import LOWERINGS as RECORDS
 
-LOWERINGS = ("naive", "checkpoint", "shared")
+LOWERINGS = tuple(RECORDS)  # naive first: the baseline
 CASES = {  # name: (spec, overrides, batch); --small shrinks them
     "densenet_bc group(2) silu": ("densenet_bc", {"norm": "group(2)", "act": "silu"}, 64),
     "peleenet": ("peleenet", {}, 32),
@@ -67,15 +69,22 @@ def run_case(name: str, spec: str, overrides: dict, batch: int, device: str, ste
     torch.manual_seed(0)
     models = {m: compiler.compile(net, memory=m).to(device) for m in LOWERINGS}
     state = models["naive"].state_dict()
-    for m in LOWERINGS[1:]:
+    for m in LOWERINGS:
         models[m].load_state_dict(state)
     x = torch.randn(batch, *shape, device=device)
     row: dict = {"name": name, "batch": batch, "input": "x".join(map(str, shape)), "lowerings": {}}
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     _, reference = step(models["naive"], x)
+    exact = compiler.compile(net).to(device, torch.float64)  # naive in float64: the truth to ~1e-15
+    exact.load_state_dict(state)
+    _, truth = step(exact, x.double())
+    del exact
     for m in LOWERINGS:
         _, got = step(models[m], x)
-        row["lowerings"][m] = {"max_relative_difference": relative(got, reference)}
+        row["lowerings"][m] = {
+            "max_relative_difference": relative(got, reference),
+            "error_vs_float64": relative([g.double() for g in got], truth),
+        }
     if device == "cuda":
         for m in LOWERINGS:
             loss, _ = step(models[m], x, autocast=True)
@@ -113,15 +122,17 @@ def markdown(rows: list[dict], device: str) -> str:
     lines = [
         f"Lowerings beyond DenseNet-BC, {device}: one step each, float32 (bf16 autocast checked on CUDA)",
         "",
-        "| network | batch | lowering | rel. difference vs naive | peak memory | vs naive | step | vs naive |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| network | batch | lowering | rel. difference vs naive | error vs float64 | peak memory | vs naive | step "
+        "| vs naive |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         for m, e in r["lowerings"].items():
             peak = f"{e['peak_mib']:,.0f} MiB" if "peak_mib" in e else "-"
             ratio = f"{e['peak_vs_naive']:.2f}x" if "peak_vs_naive" in e else "-"
             lines.append(
-                f"| {r['name']} ({r['input']}) | {r['batch']} | {m} | {e['max_relative_difference']:.1e} | {peak} | "
+                f"| {r['name']} ({r['input']}) | {r['batch']} | {m} | {e['max_relative_difference']:.1e} | "
+                f"{e['error_vs_float64']:.1e} | {peak} | "
                 f"{ratio} | {e['step_s']:.3f} s | {e['step_vs_naive']:.2f}x |"
             )
     return "\n".join(lines)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common import machine  # noqa: E402
 
-from dsl.spec import LOWERINGS  # noqa: E402
+from compiler.lowerings import LOWERINGS  # noqa: E402
 
 # glibc keeps freed blocks of up to 32 MB in its heap once its thresholds adapt, so that the resident
 # set stays high after tensors are freed; fixed thresholds return every large block to the system,
@@ -221,7 +221,7 @@ def plot(results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, growth in zip(axes, (12, 40), strict=True):
         rows = [r for r in results if r["spec"] == "densenet_bc" and r["growth"] == growth]
-        for lowering, style in zip(LOWERINGS, ("o-", "s--", "^-"), strict=True):
+        for lowering, style in zip(LOWERINGS, ("o-", "s--", "^-", "d-"), strict=True):
             pts = sorted((r["depth"], r["peak_bytes"] / 2**30) for r in rows if r["lowering"] == lowering)
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, label=lowering)

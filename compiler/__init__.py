@@ -8,14 +8,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-
-import dsl
-
-from .graph import build_graph
-
 if TYPE_CHECKING:
+    import networkx as nx
     import torch
+
+    import dsl
+
+    from .graph import build_graph
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use, so that the language can read compiler.lowerings without a cycle
+    if name == "build_graph":
+        from .graph import build_graph
+
+        return build_graph
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def compile(
@@ -29,11 +37,17 @@ def compile(
     """Build the PyTorch module of a spec file, a zoo name, a validated `dsl.Network` or its graph
     (`build_graph`'s, which is then not built again).
 
-        `memory` picks how dense blocks are lowered: naive, checkpoint, shared, or auto (by the
-        estimated training memory at `batch` against what `device` has free); by default the spec's
+        `memory` picks how dense blocks are lowered: a name in compiler/lowerings.py, or auto (the
+        fastest whose estimated training memory at `batch` fits what `device` has free); by default the spec's
         `memory` setting, else naive. Other keywords override the spec's parameters.
     """
+    import networkx as nx
+
+    import dsl
+
     from .emit import emit
+    from .graph import build_graph
+    from .lowerings import choices
     from .memory import choose_lowering
 
     g = path_or_spec if isinstance(path_or_spec, nx.DiGraph) else None
@@ -46,8 +60,8 @@ def compile(
     else:
         network = dsl.load(path_or_spec, **overrides)
     requested = memory or network.memory or "naive"
-    if requested not in dsl.spec.MEMORY_CHOICES:
-        raise ValueError(f"memory must be one of {', '.join(dsl.spec.MEMORY_CHOICES)}, not {requested!r}")
+    if requested not in choices():
+        raise ValueError(f"memory must be one of {', '.join(choices())}, not {requested!r}")
     g = g if g is not None else build_graph(network)
     return emit(g, choose_lowering(g, requested, batch, device))
 

@@ -8,6 +8,7 @@ import networkx as nx
 from torch import nn
 
 from .graph import part_of
+from .lowerings import LOWERINGS
 from .modules import (
     BlurPool,
     DenseLayer,
@@ -76,13 +77,11 @@ FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
 
 
 def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
-    """The module of a graph, its dense blocks lowered as `memory` says (naive, checkpoint or shared).
+    """The module of a graph, its dense blocks lowered as `memory` says (a name in compiler/lowerings.py).
 
     Every lowering has torchvision's layout and names, so weights move freely between them.
     """
-    from .memory import BLOCKS
-
-    block_class = BLOCKS[memory]
+    block_class = LOWERINGS[memory].block_class()
     rank = len(g.nodes["input"]["shape"]) - 1
     features = Features()
     classifier: nn.Module | None = None

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import networkx as nx
 
-from dsl import spec
+from .lowerings import LOWERINGS, Lowering
 
 DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -88,21 +88,27 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
     layers = _layers(g)
     skip: set[str] = set()  # ops whose saves the lowering avoids
     held: dict[str, set[str]] = {}  # unit -> storages held by the lowering itself
-    for (unit, _), nodes in layers.items() if lowering != "naive" else ():
+    records: dict[str, Lowering] = {}
+    for (unit, _), nodes in layers.items():
+        record = records.setdefault(unit, _lowering_of(g, unit, lowering))
+        keeps = record.keeps
+        if keeps == "all":
+            continue
         convs = [i for i, n in enumerate(nodes) if g.nodes[n]["op"] == "conv"]
         if g.graph["units"][unit].get("two_way"):  # PeleeNet's layers
-            if lowering == "checkpoint":  # concat and both 1x1 Conv-BN-activations recomputed
+            if keeps == "inputs":  # concat and both 1x1 Conv-BN-activations recomputed
                 skip.update(n for n in nodes if n.endswith(".cat") or ".branch1a." in n or ".branch2a." in n)
                 held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, nodes[0]))
-            else:  # shared: the buffer alone; each layer is recomputed from it
+            else:  # the buffer alone; each layer is recomputed from it
                 skip.update(nodes)
                 held.setdefault(unit, set()).add(f"features.{unit}.cat")
             continue
-        if lowering == "checkpoint":  # concat+BN+ReLU+conv1 save nothing; the checkpoint holds the inputs
+        if keeps == "inputs":  # concat+BN+ReLU+conv1 save nothing; the checkpoint holds the inputs
             skip.update(nodes[: convs[0] + 1])
             held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, nodes[0]))
-        else:  # shared: the block keeps its buffer (its output's storage) and each non-final stage's output
-            skip.update(nodes)
+        else:  # the block keeps its buffer (its output's storage) and each non-final stage's output
+            masks = record.dropout_masks  # and each dropout's mask, or draws it again
+            skip.update(n for n in nodes if not (masks and g.nodes[n]["op"] == "dropout"))
             for c in convs[:-1]:
                 dropped = c + 1 < len(nodes) and g.nodes[nodes[c + 1]]["op"] == "dropout"
                 held.setdefault(unit, set()).add(nodes[c + 1] if dropped else nodes[c])
@@ -129,6 +135,17 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
     return out
 
 
+def _lowering_of(g: nx.DiGraph, unit: str, name: str) -> Lowering:
+    """The lowering a dense block gets: `name`'s, or its fallback's where `name` does not cover the block."""
+    lowering = LOWERINGS[name]
+    if lowering.falls_back is None:
+        return lowering
+    kinds = {d["op"]: d["args"].get("kind") for _, d in g.nodes(data=True) if d["unit"] == unit and d.get("args")}
+    two_way = bool(g.graph["units"][unit].get("two_way"))
+    covered = lowering.covers(str(kinds.get("norm")), str(kinds.get("act")), two_way)
+    return lowering if covered else LOWERINGS[lowering.falls_back]
+
+
 def _bytes(g: nx.DiGraph, storage: str, batch: int, size: int) -> int:
     return _elements(g, storage, batch) * size
 
@@ -151,14 +168,11 @@ def estimate(g: nx.DiGraph, lowering: str, batch: int = 64, dtype: str = "float3
             continue
         out = _elements(g, f"features.{unit}.cat", batch)
         last = _elements(g, f"features.{unit}.{_last_layer(g, unit)}.cat", batch)
-        if lowering == "naive":  # gradients of the output and of each feature, one layer's scratch
-            scratch = 2 * out + 2 * last
-        elif lowering == "checkpoint":  # the same, and the recomputed concat and BN output
-            scratch = 2 * out + 4 * last
-        else:  # incoming gradient, the shared gradient buffer, one layer's recomputed scratch
-            scratch = 2 * out + 5 * last
-        peak = max(peak, held + scratch * size)
-        training = max(training, held + scratch * size + sum(params[u] for u in units[i:]))
+        # the incoming gradient and the features' gradients, and one layer's scratch (recomputed inputs)
+        per_output, per_last = _lowering_of(g, unit, lowering).scratch
+        scratch = per_output * out + per_last * last
+        peak = max(peak, held + int(scratch) * size)
+        training = max(training, held + int(scratch) * size + sum(params[u] for u in units[i:]))
     return Estimate(saved, peak, training)
 
 
@@ -167,4 +181,4 @@ def _last_layer(g: nx.DiGraph, unit: str) -> str:
 
 
 def estimate_all(g: nx.DiGraph, batch: int = 64, dtype: str = "float32", device: str = "cpu") -> dict[str, Estimate]:
-    return {lowering: estimate(g, lowering, batch, dtype, device) for lowering in spec.LOWERINGS}
+    return {lowering: estimate(g, lowering, batch, dtype, device) for lowering in LOWERINGS}

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from .lowerings import AUTO, by_speed
 from .modules import DenseBlock, DenseLayer, Stage, TwoWayDenseLayer
 
 
@@ -133,7 +134,8 @@ class SharedDenseBlock(DenseBlock):
         if any(s.dropout is not None and s.dropout.p > 0 for s in stages):
             return (
                 "the shared lowering draws its dropout masks again in the backward pass from a saved RNG "
-                "state, which a CUDA graph cannot hold (--memory checkpoint keeps both)"
+                "state, which a CUDA graph cannot hold (--memory fused, for batch norm and ReLU layers, "
+                "or checkpoint keeps both)"
             )
         return None
 
@@ -353,7 +355,8 @@ def _stage_backward(
     t = t.relu_()
     dtype = autocast_dtype if autocast_dtype is not None else t.dtype
     grad_t, grad_w = _conv_backward(conv, t, grad_out, dtype)
-    grad_t = torch.ops.aten.threshold_backward(grad_t.to(t.dtype), t, 0)
+    grad_t = grad_t.to(t.dtype)
+    torch.ops.aten.threshold_backward.grad_input(grad_t, t, 0, grad_input=grad_t)  # in place
     del t
     grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
         grad_t, x, weight, *running, mean, invstd, norm.training, norm.eps, [True, True, True]
@@ -413,13 +416,6 @@ def _stage_backward_any(
     return grad_x
 
 
-BLOCKS: dict[str, type[DenseBlock]] = {
-    "naive": DenseBlock,
-    "checkpoint": CheckpointDenseBlock,
-    "shared": SharedDenseBlock,
-}
-
-
 def available_memory(device: torch.device | str | None = None) -> int:
     """Bytes free for a training step on the device: free CUDA memory, or available RAM on the CPU."""
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -438,11 +434,14 @@ def available_memory(device: torch.device | str | None = None) -> int:
 
 
 def choose_lowering(g: Any, requested: str, batch: int = 64, device: torch.device | str | None = None) -> str:
-    """`auto`: the naive lowering (fastest) when its estimated step fits in 80% of free memory, else `shared`."""
-    if requested != "auto":
+    """`auto`: the fastest lowering on this kind of device whose estimated step fits in 80% of its free
+    memory; the one that needs least when none does."""
+    if requested != AUTO:
         return requested
     from .estimate import estimate
 
     kind = torch.device(device).type if device is not None else "cpu"
-    need = estimate(g, "naive", batch, "float32", kind).training
-    return "naive" if need <= 0.8 * available_memory(device) else "shared"
+    free = available_memory(device)
+    need = {x.name: estimate(g, x.name, batch, "float32", kind).training for x in by_speed(kind)}
+    fits = [name for name, bytes_ in need.items() if bytes_ <= 0.8 * free]
+    return fits[0] if fits else min(need, key=need.__getitem__)

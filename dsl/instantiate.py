@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from compiler import lowerings
+
 from . import ast, spec
 from .errors import DnetError, Span, did_you_mean
 from .evaluate import CHOICES, Scope, bind_call, evaluate, kind_of, render, show
@@ -131,12 +133,12 @@ class _Body:
             scope.lets[stmt.name] = stmt.value
             scope.where[stmt.name] = stmt.span
         elif isinstance(stmt, ast.Memory):
-            if stmt.lowering not in spec.MEMORY_CHOICES:
+            known = lowerings.choices()
+            if stmt.lowering not in known:
                 raise DnetError(
                     f"unknown memory lowering `{stmt.lowering}`",
                     stmt.value_span,
-                    help=did_you_mean(stmt.lowering, spec.MEMORY_CHOICES)
-                    or "choose one of " + ", ".join(f"`{x}`" for x in spec.MEMORY_CHOICES),
+                    help=did_you_mean(stmt.lowering, known) or "choose one of " + ", ".join(f"`{x}`" for x in known),
                 )
             if self.memory is not None:
                 raise DnetError("`memory` is set twice", stmt.span)

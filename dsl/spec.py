@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.json_schema import SkipJsonSchema
+
+from compiler import lowerings
 
 from .errors import DnetError, Span
 
@@ -22,10 +24,15 @@ MAX_SIZE = 1 << 20
 MAX_REPEAT = 1000
 MAX_SPATIAL_DIMS = 3
 
-# How the compiler may lower dense blocks (compiler/memory.py); `auto` picks one by the memory estimate.
-LOWERINGS = ("naive", "checkpoint", "shared")
-MEMORY_CHOICES = (*LOWERINGS, "auto")
-Lowering = Literal["naive", "checkpoint", "shared", "auto"]
+
+def _lowering(name: str) -> str:
+    if name not in lowerings.choices():
+        raise ValueError(f"the lowering must be one of {', '.join(lowerings.choices())}, not {name!r}")
+    return name
+
+
+# How the compiler may lower dense blocks: one record each in compiler/lowerings.py, and `auto`.
+Lowering = Annotated[str, AfterValidator(_lowering), Field(json_schema_extra={"enum": list(lowerings.choices())})]
 
 # What `normalization` and `activation` may choose: names in the language, like numbers (`--set act=silu`).
 NORMALIZATIONS = ("batch", "instance", "layer")  # and group(G): G groups of channels

@@ -16,6 +16,7 @@ from dataclasses import fields
 
 import dsl
 from compiler.estimate import DTYPE_BYTES
+from compiler.lowerings import LOWERINGS, choices
 from runtime import version
 from runtime.config import COMPILE_MODES, DECODERS, PRECISIONS
 from runtime.optim import OPTIMIZERS
@@ -63,9 +64,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print params, MACs, shapes, blocks and memory as JSON")
     p.add_argument(
         "--memory",
-        choices=("naive", "checkpoint", "shared", "auto"),
+        choices=choices(),
         default=None,
-        help="how dense blocks are lowered (default: the spec's `memory`, else naive)",
+        help="how dense blocks are lowered (default: the spec's `memory`, else naive): "
+        + "; ".join(f"{x.name}: {x.summary}" for x in LOWERINGS.values())
+        + "; auto: the fastest that fits the device's memory",
     )
     p.add_argument(
         "--batch",

@@ -16,10 +16,12 @@ EXPORT_FORMATS = ("onnx",)
 
 def emit_source(g: nx.DiGraph, path: str | None, memory: str, overrides: list[str]) -> int:
     """`--emit python [FILE]`: the standalone source, memory-efficient by default when the spec or
-    `--memory` asks for a lowering other than naive (checkpointing stands in for `shared`)."""
+    `--memory` asks for a memory-efficient lowering (the source's checkpointing stands in for them)."""
+    from compiler.lowerings import LOWERINGS
     from compiler.source import python_source
 
-    text = python_source(g, memory_efficient=memory != "naive", overrides=overrides)
+    efficient = memory != "auto" and LOWERINGS[memory].memory_efficient
+    text = python_source(g, memory_efficient=efficient, overrides=overrides)
     if path is None:
         sys.stdout.write(text)
         return 0
@@ -66,6 +68,7 @@ def summary(
 
     from compiler import report
     from compiler.emit import emit
+    from compiler.lowerings import LOWERINGS
     from compiler.memory import choose_lowering
     from runtime.weights import load_into
 
@@ -94,6 +97,14 @@ def summary(
     print(report.CONVENTION, file=out)
     print(file=out)
     print(report.memory_table(g, batch, dtype, lowering), file=out)
+    fallbacks: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        reason = module.fallback() if hasattr(module, "fallback") else None
+        if reason:
+            fallbacks.setdefault(reason, []).append(name.rsplit(".", 1)[-1])
+    for reason, names in fallbacks.items():
+        instead = LOWERINGS[lowering].falls_back
+        print(f"\nThe {lowering} lowering runs {', '.join(names)} as {instead}: {reason}.", file=out)
     if weights:
         print(f"\nWeights: {loaded} tensors from {weights}, every one matched.", file=out)
 

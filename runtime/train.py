@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from compiler.lowerings import LOWERINGS
+
 from . import checkpoint, ema, optim
 from .config import Config, TrainingError, UsageError, check, graph_refusal, resolve
 from .data import generator, load
@@ -94,9 +96,12 @@ class Trainer:
         self.channels_last = c.channels_last and any(p.dim() == 4 for p in model.parameters())
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         if c.sync_bn and world.size > 1:
-            if getattr(model, "memory", None) == "shared":
+            lowering = LOWERINGS[model.memory]
+            if not lowering.sync_bn:
+                others = ", ".join(x.name for x in LOWERINGS.values() if x.sync_bn)
                 raise UsageError(
-                    "--sync-bn cannot reach the batch norms inside the shared lowering: use --memory checkpoint"
+                    f"--sync-bn cannot reach the batch norms inside the {lowering.name} lowering, which computes "
+                    f"their statistics itself: use --memory with one of {others}"
                 )
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=fmt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from .conftest import bench
+from .test_memory import ROUNDS_DIFFERENTLY
 
 
 def test_gpu_benchmark_dry_run(tmp_path):
@@ -37,8 +38,12 @@ def test_lowerings_benchmark_agrees_with_naive_on_the_cpu(tmp_path):
         "densenet121_3d",
     ]
     for row in rows:
+        own = row["lowerings"]["naive"]["error_vs_float64"]  # naive's own float32 error
         for lowering, entry in row["lowerings"].items():
-            assert entry["max_relative_difference"] <= 1e-4, (row["name"], lowering)
+            if lowering in ROUNDS_DIFFERENTLY:  # its arithmetic in another order: as close to the truth as naive
+                assert entry["error_vs_float64"] <= 3 * own + 1e-6, (row["name"], lowering, entry, own)
+            else:
+                assert entry["max_relative_difference"] <= 1e-4, (row["name"], lowering)
 
 
 QUICK = ["--device", "cpu", "--quick", "--steps", "1", "--warmup", "1"]

@@ -14,6 +14,7 @@ import compiler
 import dsl
 from compiler.emit import emit
 from compiler.estimate import estimate
+from compiler.lowerings import LOWERINGS
 
 from .test_memory import REDUCED, compare, measured_saved_bytes
 from .test_source import check_equal
@@ -58,7 +59,7 @@ def test_lowerings_with_dropout_and_emitted_source(norm, act, tmp_path):
 @pytest.mark.parametrize(("norm", "act"), CHOICES, ids=IDS)
 def test_estimator_predicts_saved_memory(norm, act):
     g = compiler.build_graph(network(norm, act))
-    for lowering in ("naive", "checkpoint", "shared"):
+    for lowering in LOWERINGS:
         got = measured_saved_bytes(emit(g, lowering), torch.randn(2, *g.nodes["input"]["shape"]))
         predicted = estimate(g, lowering, batch=2).saved
         assert abs(predicted - got) <= 0.15 * got, (lowering, predicted, got)

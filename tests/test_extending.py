@@ -1,4 +1,4 @@
-"""The seams docs/extending.md names: a dataset and an optimizer added there, and trained with."""
+"""The seams docs/extending.md names: a dataset, an optimizer and a memory lowering added there, and used."""
 
 from __future__ import annotations
 
@@ -61,3 +61,32 @@ def test_an_optimizer_is_one_record(tmp_path, monkeypatch):
     )
     config = json.loads((tmp_path / "config.json").read_text())["config"]
     assert config["optimizer"] == "plain" and config["lr"] == 0.05 and result["epoch"] == 2
+
+
+def test_a_memory_lowering_is_one_record(monkeypatch, dnetc):
+    """A lowering added as one record: the language, compile, the estimator, --summary and --memory know it."""
+    import compiler
+    import dsl
+    from compiler.estimate import estimate_all
+    from compiler.lowerings import LOWERINGS, Lowering
+
+    concat = Lowering(
+        "concat",
+        "naive's block under another name",
+        "compiler.modules:DenseBlock",
+        keeps="all",
+        scratch=(2, 2),
+        dropout_masks=True,
+        memory_efficient=False,
+        sync_bn=True,
+        speed={"cpu": 9, "cuda": 9},
+    )
+    monkeypatch.setitem(LOWERINGS, "concat", concat)
+    net = dsl.parse("network n { memory concat input 3 x 8 x 8 stem conv(3, 8) dense(2, 4) head classifier(2) }")
+    model = compiler.compile(net)
+    assert model.memory == "concat" and model(torch.randn(2, 3, 8, 8)).shape == (2, 2)
+    g = compiler.build_graph(net)
+    assert estimate_all(g)["concat"] == estimate_all(g)["naive"]
+    result = dnetc("densenet_bc", "--set", "depth=10", "--memory", "concat", "--summary", "--depth", "1")
+    assert result.returncode == 0, result.stderr
+    assert "concat" in result.stdout and "<- this module" in result.stdout

@@ -11,10 +11,15 @@ import compiler
 import dsl
 from compiler.emit import emit
 from compiler.estimate import estimate
+from compiler.lowerings import LOWERINGS as LOWERING_NAMES
 from compiler.memory import choose_lowering
 from compiler.modules import DenseLayer
 
-LOWERINGS = ("checkpoint", "shared")
+LOWERINGS = ("checkpoint", "shared", "fused")
+# fused's arithmetic is naive's in another order (statistics once, BN folded into a scale and shift), so
+# at float32 a ReLU whose input rounds across zero may flip, and with it a gradient: it is held to naive
+# here in float64, and in float32 on small networks in test_fused.py
+ROUNDS_DIFFERENTLY = ("fused",)
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 # every zoo model at reduced size: fewer layers, a small input
@@ -51,7 +56,9 @@ def step(model: torch.nn.Module, x: torch.Tensor, seed: int = 7) -> dict[str, to
     return result
 
 
-def assert_same(got: dict, expected: dict, tolerance: float) -> None:
+def assert_same(got: dict, expected: dict, tolerance: float, floor: float = 0.0) -> None:
+    """Each tensor within `tolerance` of its largest element (or of `floor`, for gradients that are
+    zero but for rounding, such as a conv bias before a batch norm)."""
     assert got.keys() == expected.keys()
     for k, e in expected.items():
         g = got[k]
@@ -59,7 +66,7 @@ def assert_same(got: dict, expected: dict, tolerance: float) -> None:
         if not e.is_floating_point():
             assert torch.equal(g, e), k
             continue
-        scale = e.abs().max().clamp_min(torch.finfo(e.dtype).tiny)
+        scale = e.abs().max().clamp_min(max(floor, torch.finfo(e.dtype).tiny))
         assert ((g - e).abs().max() / scale).item() <= tolerance, k
 
 
@@ -74,11 +81,17 @@ def compare(network: dsl.Network, dtype: torch.dtype, batch: int = 3, channels_l
     state = {k: v.clone() for k, v in naive.state_dict().items()}
     expected = step(naive, x)
     for lowering in LOWERINGS:
+        if lowering in ROUNDS_DIFFERENTLY and dtype != torch.float64:
+            continue
         model = emit(g, lowering).to(dtype)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.load_state_dict(state)
-        assert_same(step(model, x), expected, TOLERANCE[dtype])
+        # a gradient that cancels to 1e-5 of its terms (norm0's γ) keeps only 1e-8 of float64's digits
+        if lowering in ROUNDS_DIFFERENTLY:
+            assert_same(step(model, x), expected, 1e-8, floor=1e-4)
+        else:
+            assert_same(step(model, x), expected, TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
@@ -205,7 +218,10 @@ def test_spec_setting_cli_and_auto(monkeypatch):
     monkeypatch.setattr("compiler.memory.available_memory", lambda device=None: 10 * need)
     assert choose_lowering(g, "auto", 64) == "naive"
     monkeypatch.setattr("compiler.memory.available_memory", lambda device=None: need)
-    assert choose_lowering(g, "auto", 64) == "shared"
+    assert choose_lowering(g, "auto", 64) == "fused"  # the next fastest, at shared's memory
+    monkeypatch.setattr("compiler.memory.available_memory", lambda device=None: 1)
+    least = min(LOWERING_NAMES, key=lambda x: estimate(g, x, 64).training)
+    assert choose_lowering(g, "auto", 64) == least  # nothing fits: the least memory
     with pytest.raises(ValueError, match="memory must be one of"):
         compiler.compile("figure1", memory="lots")
 

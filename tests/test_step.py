@@ -128,13 +128,13 @@ def test_the_training_loop_reads_the_device_once_a_window(tmp_path, monkeypatch)
 
 def test_each_lowering_says_whether_a_cuda_graph_can_capture_it():
     """The shared lowering replays dropout from a saved RNG state (no graph can hold it) and says so;
-    checkpointing stashes no RNG state (its recomputed segments draw none), so it can be captured."""
+    checkpointing stashes no RNG state (its recomputed segments draw none) and fused keeps its masks,
+    so they can be captured."""
     import compiler
 
-    for memory, dropout, refused in (("shared", 0.2, True), ("shared", 0.0, False), ("checkpoint", 0.2, False)):
+    cases = [("shared", 0.2, True), ("shared", 0.0, False), ("checkpoint", 0.2, False), ("fused", 0.2, False)]
+    for memory, dropout, refused in cases:
         model = compiler.compile("densenet_bc", depth=10, growth=8, dropout=dropout, memory=memory)
         why = module_refusal(model)
         assert (why is not None) == refused, (memory, dropout, why)
-    assert "--memory checkpoint" in module_refusal(
-        compiler.compile("densenet_bc", depth=10, dropout=0.2, memory="shared")
-    )
+    assert "--memory fused" in module_refusal(compiler.compile("densenet_bc", depth=10, dropout=0.2, memory="shared"))
