@@ -120,9 +120,6 @@ def _view(v: Tensor, like: Tensor) -> Tensor:
 def _channel_statistics(h: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Batch mean and biased variance of each channel of h (ATen's batch-norm reduction: one pass,
     accumulated in float32 or wider), in `dtype`."""
-    if h.is_cuda:  # mean and 1/sqrt(var + eps), with eps 0: var = invstd⁻² (0 where invstd is infinite)
-        mean, invstd = torch.batch_norm_stats(h, 0.0)
-        return mean.to(dtype), invstd.to(dtype).pow(-2)
     mean, var = torch.ops.aten.batch_norm_update_stats(h, None, None, 0.0)
     return mean.to(dtype), var.to(dtype)
 
@@ -173,18 +170,28 @@ class _Plan(NamedTuple):
     invstd: Tensor
     scale: Tensor  # γ·invstd
     shift: Tensor  # β - mean·γ·invstd
+    var: Tensor
+    norm: _BatchNorm
 
 
 def _plan(norm: _BatchNorm, mean: Tensor, var: Tensor, batch: bool) -> _Plan:
     if not batch:
         mean, var = norm.running_mean, norm.running_var
-    invstd = torch.rsqrt(var.to(mean.dtype) + norm.eps)
+    var = var.to(mean.dtype)
+    invstd = torch.rsqrt(var + norm.eps)
     scale = norm.weight.detach().to(mean.dtype) * invstd
-    return _Plan(mean, invstd, scale, norm.bias.detach().to(mean.dtype) - mean * scale)
+    return _Plan(mean, invstd, scale, norm.bias.detach().to(mean.dtype) - mean * scale, var, norm)
 
 
 def _prologue(src: Tensor, plan: _Plan, scratch: _Scratch | None) -> Tensor:
-    """relu(BN(src)) in src's dtype, read in place from the buffer's prefix: scratch, never kept."""
+    """relu(BN(src)) in src's dtype, read in place from the buffer's prefix: scratch, never kept.
+    In half precision as naive's BN computes it (in float32 from float32 statistics, the output
+    rounded once); in float32 and float64 as one multiply-add with the folded scale and shift."""
+    if src.dtype.itemsize < 4:
+        norm = plan.norm
+        weight, bias = norm.weight.detach(), norm.bias.detach()
+        t = torch.ops.aten.native_batch_norm(src, weight, bias, plan.mean, plan.var, False, 0.0, norm.eps)[0]
+        return t.relu_()
     shift, scale = _view(plan.shift.to(src.dtype), src), _view(plan.scale.to(src.dtype), src)
     if scratch is None or src.dtype != scratch.flat.dtype:
         return torch.addcmul(shift, src, scale).relu_()
@@ -415,5 +422,5 @@ def _library_backward(
         )
         grad_weight = (dy_t - beta.to(dy_t.dtype) * grad_bias) / gamma.to(dy_t.dtype)
     del t, grad_t
-    accumulated.addcmul_(dy, _view(coef.to(dy.dtype), dy))
+    accumulated.addcmul_(dy, _view(coef, dy))  # coef in float32: γ unrounded
     return grad_w, grad_weight, grad_bias

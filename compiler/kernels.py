@@ -58,6 +58,8 @@ def supported(conv: Any, src: Tensor) -> bool:
         return False
     _, c, h, w = src.shape
     row = src.stride(3)
+    if src.shape[0] * h * w * row >= 2**31:  # the kernels' offsets are 32-bit
+        return False
     return src.stride(1) == 1 and src.stride(2) == w * row and src.stride(0) == h * w * row and row >= c
 
 
@@ -70,7 +72,8 @@ def _cache_file() -> Path:
 
 def key(kind: str, conv: Any, src: Tensor, dtype: torch.dtype) -> str:
     """What a timing decides for: the pass, the shapes and strides, the dtypes."""
-    return f"{kind}|{tuple(src.shape)}|{src.stride()}|{src.dtype}|{dtype}|{conv.out_channels}"
+    tf32 = torch.backends.cudnn.allow_tf32
+    return f"{kind}|{tuple(src.shape)}|{src.stride()}|{src.dtype}|{dtype}|{conv.out_channels}|tf32={tf32}"
 
 
 def choose(key: str, candidates: Callable[[], tuple[Callable[[], Any], Callable[[], Any]]]) -> bool:

@@ -157,7 +157,10 @@ def problem(dtype: torch.dtype, seed: int) -> dict:
     invstd = torch.rsqrt(var + 1e-5)
     gamma, beta = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g) * 0.3
     scale = gamma * invstd
-    plan = _Plan(mean, invstd, scale, beta - mean * scale)
+    norm = torch.nn.BatchNorm2d(c)
+    with torch.no_grad():
+        norm.weight.copy_(gamma), norm.bias.copy_(beta)
+    plan = _Plan(mean, invstd, scale, beta - mean * scale, var, norm)
     weight = torch.randn(out, c, 1, 1, generator=g).to(dtype)
     grad = torch.randn(n, out, h, w, generator=g).contiguous(memory_format=torch.channels_last).to(dtype)
     return {"buffer": buffer, "src": src, "plan": plan, "gamma": gamma, "beta": beta, "weight": weight, "grad": grad}
@@ -312,9 +315,12 @@ def test_the_trainer_trains_it_as_it_trains_naive(tmp_path):
         overrides = {"depth": 10, "growth": 8, "dropout": 0.2}
         flags["memory"] = memory
         run = plan("densenet_bc", "digits", overrides=overrides, flags=flags, out=tmp_path / memory)
-        t = Trainer(run)
-        assert t.model.memory == memory
-        t.train()
+        try:
+            t = Trainer(run)
+            assert t.model.memory == memory
+            t.train()
+        finally:  # `deterministic` is process-wide: later tests need the kernels, which it turns off
+            torch.use_deterministic_algorithms(False)
         weights[memory] = {k: v.double() for k, v in t.model.state_dict().items() if v.is_floating_point()}
     errors = relative(weights["fused"], weights["naive"])
     assert max(errors.values()) < 1e-3, max(errors, key=errors.__getitem__)
@@ -346,3 +352,26 @@ def test_kernels_under_autocast_multiply_in_its_dtype_both_ways(monkeypatch):
     assert results["triton"]["output"].dtype == results["aten"]["output"].dtype
     errors = relative(results["triton"], results["aten"])
     assert statistics.median(errors.values()) < 1e-2, (seed, errors)
+
+
+def test_a_constant_channel_keeps_finite_statistics():
+    """A channel constant over the batch (a dead ReLU's) has variance 0: its running variance stays
+    finite and its gradient is naive's (BN divides by sqrt(eps) there)."""
+    seed = fresh_seed()
+    g = compiler.build_graph(dsl.load("densenet_bc", **REDUCED["densenet_bc"]))
+    torch.manual_seed(seed)
+    naive = emit(g, "naive").double()
+    fused = emit(g, "fused").double()
+    fused.load_state_dict(naive.state_dict())
+    x = torch.randn(3, naive.features.denseblock1.denselayer1.norm1.num_features, 16, 16, dtype=torch.float64)
+    x[:, 0] = 0.5
+    results = []
+    for model in (naive, fused):
+        block = model.features.denseblock1
+        source = x.clone().requires_grad_()
+        out = block(source)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+        results.append((source.grad, block.denselayer1.norm1.running_var.clone()))
+    (grad_naive, var_naive), (grad_fused, var_fused) = results
+    assert torch.isfinite(var_fused).all() and torch.allclose(var_fused, var_naive), seed
+    assert torch.allclose(grad_fused, grad_naive, rtol=1e-8, atol=1e-8), seed
