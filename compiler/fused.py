@@ -124,6 +124,12 @@ def _channel_statistics(h: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return mean.to(dtype), var.to(dtype)
 
 
+def _no_scratch(x: Tensor) -> bool:
+    """CUDA's caching allocator reuses memory by itself; torch.compile cannot trace writes into a view
+    of a flat tensor (as_strided)."""
+    return x.is_cuda or torch.compiler.is_compiling()
+
+
 class _Scratch:
     """One allocation for every layer's prologue in a pass: large fresh CPU tensors cost a page fault
     per page each time, so the normalised input is written into the same warm memory layer after layer."""
@@ -227,7 +233,7 @@ def _forward(block: FusedDenseBlock, x: Tensor, record: list[_Layer] | None) -> 
     if batch:
         mean[:c0], var[:c0] = _channel_statistics(x, stat_dtype)
     buffer: Tensor | None = None
-    scratch = None if x.is_cuda else _Scratch(x, total - growth, x.dtype)  # CUDA's allocator caches
+    scratch = None if _no_scratch(x) else _Scratch(x, total - growth, x.dtype)
     position = c0
     for layer in layers:
         first, *rest = layer.stages()
@@ -309,7 +315,7 @@ class _FusedBlock(torch.autograd.Function):
         grads: dict[Tensor, Tensor] = {}
         # dL/dx̂ summed over every reading layer (batch statistics), or dL/dx itself (running statistics)
         accumulated = torch.zeros_like(buffer, memory_format=_memory_format(buffer))
-        scratch = None if buffer.is_cuda else _Scratch(buffer, buffer.shape[1], buffer.dtype)
+        scratch = None if _no_scratch(buffer) else _Scratch(buffer, buffer.shape[1], buffer.dtype)
 
         def channel_grad(a: int, b: int) -> Tensor:
             """The whole gradient of buffer channels [a, b), once every layer that reads them is done."""
@@ -409,8 +415,9 @@ def _library_backward(
     grad_t = grad_t.to(t.dtype)
     dy = torch.ops.aten.threshold_backward.grad_input(grad_t, t, 0, grad_input=grad_t)  # in place
     gamma, beta = norm.weight.detach(), norm.bias.detach()
-    # (on CUDA always the first way: its kernels take strided inputs well, and a test of γ would wait for the GPU)
-    if src.is_cuda or src.is_contiguous(memory_format=_memory_format(src)) or not bool(gamma.all()):
+    # (on CUDA and under torch.compile always the first way: a test of γ would wait for the GPU, or break the graph)
+    direct = src.is_cuda or torch.compiler.is_compiling() or src.is_contiguous(memory_format=_memory_format(src))
+    if direct or not bool(gamma.all()):
         # Σ dy·x̂ and Σ dy: batch norm's backward for γ and β alone, one pass over dy and src
         _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             dy, src, gamma, None, None, plan.mean, plan.invstd, True, norm.eps, [False, True, True]
