@@ -8,22 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import networkx as nx
+
+import dsl
+
+from .graph import build_graph
+
 if TYPE_CHECKING:
-    import networkx as nx
     import torch
-
-    import dsl
-
-    from .graph import build_graph
-
-
-def __getattr__(name: str) -> Any:
-    # imported on first use, so that the language can read compiler.lowerings without a cycle
-    if name == "build_graph":
-        from .graph import build_graph
-
-        return build_graph
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def compile(
@@ -41,12 +33,7 @@ def compile(
         fastest whose estimated training memory at `batch` fits what `device` has free); by default the spec's
         `memory` setting, else naive. Other keywords override the spec's parameters.
     """
-    import networkx as nx
-
-    import dsl
-
     from .emit import emit
-    from .graph import build_graph
     from .lowerings import choices
     from .memory import choose_lowering
 
@@ -59,10 +46,10 @@ def compile(
         network = path_or_spec
     else:
         network = dsl.load(path_or_spec, **overrides)
+    g = g if g is not None else build_graph(network)  # a spec's unknown `memory` is a located error here
     requested = memory or network.memory or "naive"
     if requested not in choices():
         raise ValueError(f"memory must be one of {', '.join(choices())}, not {requested!r}")
-    g = g if g is not None else build_graph(network)
     return emit(g, choose_lowering(g, requested, batch, device))
 
 

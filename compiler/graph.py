@@ -18,7 +18,9 @@ from __future__ import annotations
 import networkx as nx
 
 from dsl import DnetError, spec
+from dsl.errors import did_you_mean
 
+from .lowerings import choices
 from .passes import infer
 
 ROOT = "features"
@@ -320,7 +322,19 @@ def build_graph(network: spec.Network) -> nx.DiGraph:
         raise network.locate(e) from None
 
 
+def _check_memory(network: spec.Network) -> None:
+    """The spec's `memory NAME` names a lowering of compiler/lowerings.py, or `auto`."""
+    known = choices()
+    if network.memory is not None and network.memory not in known:
+        raise DnetError(
+            f"unknown memory lowering `{network.memory}`",
+            network.memory_span,
+            help=did_you_mean(network.memory, known) or "choose one of " + ", ".join(f"`{x}`" for x in known),
+        )
+
+
 def _build(network: spec.Network) -> nx.DiGraph:
+    _check_memory(network)
     b = _Builder(network)
     count: dict[str, int] = {}
 

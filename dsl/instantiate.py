@@ -6,8 +6,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from compiler import lowerings
-
 from . import ast, spec
 from .errors import DnetError, Span, did_you_mean
 from .evaluate import CHOICES, Scope, bind_call, evaluate, kind_of, render, show
@@ -105,6 +103,7 @@ class _Body:
         self.parts: list[spec.Stem | spec.DenseBlock | spec.Transition | spec.Head] = []
         self.layers = 0
         self.memory: str | None = None
+        self.memory_span: Span | None = None
         self.settings: dict[str, str] = {}
         self.where: dict[str, Span] = {}
 
@@ -133,16 +132,9 @@ class _Body:
             scope.lets[stmt.name] = stmt.value
             scope.where[stmt.name] = stmt.span
         elif isinstance(stmt, ast.Memory):
-            known = lowerings.choices()
-            if stmt.lowering not in known:
-                raise DnetError(
-                    f"unknown memory lowering `{stmt.lowering}`",
-                    stmt.value_span,
-                    help=did_you_mean(stmt.lowering, known) or "choose one of " + ", ".join(f"`{x}`" for x in known),
-                )
             if self.memory is not None:
                 raise DnetError("`memory` is set twice", stmt.span)
-            self.memory = stmt.lowering
+            self.memory, self.memory_span = stmt.lowering, stmt.value_span  # the compiler checks the name
         elif isinstance(stmt, ast.Setting):
             self.setting(stmt, scope)
         elif isinstance(stmt, ast.Keep):
@@ -307,6 +299,7 @@ def _run(name: str, node: ast.NetworkDef, file: str, bindings: dict[str, tuple[A
         input=body.input,
         parts=body.parts,
         memory=body.memory,
+        memory_span=body.memory_span,
         span=node.span,
         **body.settings,
     )

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.json_schema import SkipJsonSchema
-
-from compiler import lowerings
 
 from .errors import DnetError, Span
 
@@ -25,14 +23,9 @@ MAX_REPEAT = 1000
 MAX_SPATIAL_DIMS = 3
 
 
-def _lowering(name: str) -> str:
-    if name not in lowerings.choices():
-        raise ValueError(f"the lowering must be one of {', '.join(lowerings.choices())}, not {name!r}")
-    return name
-
-
-# How the compiler may lower dense blocks: one record each in compiler/lowerings.py, and `auto`.
-Lowering = Annotated[str, AfterValidator(_lowering), Field(json_schema_extra={"enum": list(lowerings.choices())})]
+# How the compiler may lower dense blocks: a name of compiler/lowerings.py (checked there, when the graph
+# is built, as the compiler knows its lowerings), or `auto`.
+Lowering = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 # What `normalization` and `activation` may choose: names in the language, like numbers (`--set act=silu`).
 NORMALIZATIONS = ("batch", "instance", "layer")  # and group(G): G groups of channels
@@ -286,6 +279,7 @@ class Network(Node):
     input: Input
     parts: list[Part]
     memory: Lowering | None = Field(default=None, description="the lowering the spec asks for, if any")
+    memory_span: SkipJsonSchema[Span | None] = Field(default=None, exclude=True, repr=False)
     normalization: Normalization = "batch"
     activation: Activation = "relu"
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)

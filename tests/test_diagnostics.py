@@ -230,6 +230,14 @@ CASES = [
     ("network twice", NET + "}\nnetwork a {\n    input 3 x 8\n}", 4, 9, "network `a` is defined twice", None),
     ("no network", "# nothing here\n", 1, 1, "this file defines no network", None),
     ("equals in call", NET + "    dense(4, 12 = 3)\n}", 3, 17, "unexpected `=`", None),
+    (
+        "unknown lowering",
+        "network a {\n    memory fuzed\n    input 3 x 8 x 8\n    dense(2, 4)\n}",
+        2,
+        12,
+        "unknown memory lowering `fuzed`",
+        "did you mean `fused`?",
+    ),
 ]
 
 
