@@ -282,7 +282,7 @@ def test_estimator_with_dropout_and_shared_linear_growth():
     assert naive > 1.5 * shared
 
 
-@pytest.mark.parametrize("lowering", ["naive", "checkpoint", "shared"])
+@pytest.mark.parametrize("lowering", list(LOWERING_NAMES))
 def test_estimator_predicts_the_peak_resident_memory_of_a_step(lowering):
     """The benchmark's measurement, in a fresh subprocess: the rise of the peak RSS during a step."""
     import json
@@ -293,14 +293,7 @@ def test_estimator_predicts_the_peak_resident_memory_of_a_step(lowering):
     from .conftest import ROOT
 
     bench = ROOT / "bench" / "memory.py"
-    run = {
-        "what": "memory",
-        "spec": "densenet_bc_100_12",
-        "set": {},
-        "batch": 16,
-        "lowering": lowering,
-        "device": "cpu",
-    }
+    run = {"what": "memory", "spec": "densenet_bc_100_12", "set": {}, "batch": 8, "lowering": lowering, "device": "cpu"}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     proc = subprocess.run(
         [sys.executable, str(bench), "--child", json.dumps(run)], capture_output=True, text=True, env=env, timeout=300
