@@ -37,6 +37,7 @@ from .memory import (
     _batch_norm,
     _bias_grad,
     _conv_backward,
+    _count_batch,
     _memory_format,
     _needs_backward,
     _parameters,
@@ -147,8 +148,7 @@ def _update_running(norm: _BatchNorm, mean: Tensor, var: Tensor, count: int) -> 
     """What BN's forward pass does to its running statistics, from the batch's mean and biased variance."""
     if not (norm.training and norm.track_running_stats and norm.running_mean is not None):
         return
-    norm.num_batches_tracked.add_(1)
-    momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+    momentum = _count_batch(norm)
     unbiased = var * (count / (count - 1))
     norm.running_mean.mul_(1 - momentum).add_(mean.to(norm.running_mean.dtype), alpha=momentum)
     norm.running_var.mul_(1 - momentum).add_(unbiased.to(norm.running_var.dtype), alpha=momentum)

@@ -319,14 +319,21 @@ def _batch_norm(norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None, Tens
     """What the BN module computes (running statistics updated once), with the batch's mean and 1/std."""
     if not norm.training:
         return norm(x), None, None
+    momentum = _count_batch(norm)
+    return torch.ops.aten.native_batch_norm(
+        x, norm.weight, norm.bias, norm.running_mean, norm.running_var, True, momentum, norm.eps
+    )
+
+
+def _count_batch(norm: nn.Module) -> float:
+    """What a training-mode BN module does before it blends in a batch: counts it, and says the weight
+    of the batch in the running statistics (its momentum, or 1/count for the cumulative average)."""
     momentum = norm.momentum
     if norm.track_running_stats and norm.num_batches_tracked is not None:
         norm.num_batches_tracked.add_(1)
         if momentum is None:
             momentum = 1.0 / float(norm.num_batches_tracked)
-    return torch.ops.aten.native_batch_norm(
-        x, norm.weight, norm.bias, norm.running_mean, norm.running_var, True, momentum or 0.0, norm.eps
-    )
+    return momentum or 0.0
 
 
 def _stage_backward(
