@@ -11,10 +11,15 @@ from .graph import part_of
 from .lowerings import LOWERINGS
 from .modules import (
     BlurPool,
+    Branches,
+    Composite,
     DenseLayer,
     DenseNet,
+    EffectiveSqueezeExcite,
     Features,
     GlobalAvgPool,
+    Layer,
+    SqueezeExcite,
     StemBlock,
     Transition,
     TransitionUp,
@@ -29,7 +34,16 @@ def _nd(name: str, rank: int) -> type[nn.Module]:
 
 def _conv(node: dict, c_in: int, rank: int) -> nn.Module:
     a = node["args"]
-    return _nd("Conv", rank)(c_in, node["shape"][0], a["kernel"], a["stride"], a["padding"], bias=a.get("bias", False))
+    return _nd("Conv", rank)(
+        c_in,
+        node["shape"][0],
+        a["kernel"],
+        a["stride"],
+        a["padding"],
+        dilation=a.get("dilation", 1),
+        groups=a.get("groups", 1),
+        bias=a.get("bias", False),
+    )
 
 
 def _conv_transpose(node: dict, c_in: int, rank: int) -> nn.Module:
@@ -40,7 +54,7 @@ def _conv_transpose(node: dict, c_in: int, rank: int) -> nn.Module:
 def _pool(kind: str) -> Callable[[dict, int, int], nn.Module]:
     def make(node: dict, c_in: int, rank: int) -> nn.Module:
         a = node["args"]
-        return _nd(kind, rank)(a["kernel"], a["stride"], a["padding"])
+        return _nd(kind, rank)(a["kernel"], a["stride"], a["padding"], ceil_mode=a.get("ceil", False))
 
     return make
 
@@ -60,6 +74,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "prelu": lambda: nn.PReLU(),
     "silu": lambda: nn.SiLU(),
     "gelu": lambda: nn.GELU(),
+    "relu6": lambda: nn.ReLU6(inplace=True),
 }
 
 FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
@@ -73,7 +88,27 @@ FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
     "blurpool": lambda node, c_in, rank: BlurPool(c_in, node["args"]["kernel"][0], node["args"]["stride"][0], rank),
     "global_pool": lambda node, c_in, rank: GlobalAvgPool(),
     "linear": lambda node, c_in, rank: nn.Linear(c_in, node["shape"][0]),
+    "shuffle": lambda node, c_in, rank: nn.ChannelShuffle(node["args"]["groups"]),
+    "se": lambda node, c_in, rank: SqueezeExcite(c_in, node["args"]["width"], rank),
+    "ese": lambda node, c_in, rank: EffectiveSqueezeExcite(c_in, rank),
 }
+
+# The module made at each container path of the graph (its `containers`), by kind; `dense` is the
+# lowering's block class, or naive's where the lowering does not cover the block.
+CONTAINERS: dict[str, Callable[[], nn.Module]] = {
+    "dense_layer": DenseLayer,
+    "two_way_layer": TwoWayDenseLayer,
+    "layer": Layer,
+    "composite": Composite,
+    "branches": Branches,
+    "sequential": nn.Sequential,
+    "transition": Transition,
+    "transition_up": TransitionUp,
+    "stem_block": StemBlock,
+}
+
+
+GENERAL_FALLBACK = "its connectivity, layers, fuse or residual are the spec's own, which the lowering does not cover"
 
 
 def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
@@ -81,32 +116,50 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
 
     Every lowering has torchvision's layout and names, so weights move freely between them.
     """
-    block_class = LOWERINGS[memory].block_class()
+    lowering = LOWERINGS[memory]
     rank = len(g.nodes["input"]["shape"]) - 1
     features = Features()
     classifier: nn.Module | None = None
 
-    def container(parent: nn.Module, name: str, unit: str) -> nn.Module:
-        """The module at `parent.name`, made on first use: the kind its name and unit call for."""
+    def make(path: str) -> nn.Module:
+        record = g.graph["containers"][path]
+        if record["kind"] != "dense":
+            made = CONTAINERS[record["kind"]]()
+            if record["kind"] == "branches":
+                made.join = record["join"]
+            return made
+        general = "links" in record  # another connectivity, a layer of the spec's own, fuse or residual
+        if general and not lowering.general:
+            net = g.graph["network"]
+            instead = lowering.for_block(True, net.normalization, net.activation, False)
+            block: nn.Module = instead.block_class()()
+            block.runs_as, block.fallback_reason = instead.name, GENERAL_FALLBACK  # said once by --summary
+        else:
+            block = lowering.block_class()()
+        block.concat_input = record["concat_input"]
+        if general:
+            block.links, block.outputs, block.residual = record["links"], record["outputs"], record["residual"]
+            if "bypass" in record:
+                block.bypass = g.nodes[record["bypass"]]["shape"][0]
+        return block
+
+    def container(parent: nn.Module, name: str, path: str) -> nn.Module:
+        """The module at `path` (`parent.name`), made on first use as the graph's record says."""
         if name not in parent._modules:
-            info = g.graph["units"].get(unit, {})
-            if name.startswith("denseblock"):
-                made: nn.Module = block_class()
-                made.concat_input = info["concat_input"]
-            elif name.startswith("denselayer"):
-                made = TwoWayDenseLayer() if info.get("two_way") else DenseLayer()
-            elif name.startswith("transition_up"):
-                made = TransitionUp()
-            elif name.startswith("transition"):
-                made = Transition()
-            elif name == "stemblock":
-                made = StemBlock()
-            else:  # a Conv-BN-activation inside a two-way layer or the stem block
-                made = nn.Sequential()
-            parent.add_module(name, made)
+            parent.add_module(name, make(path))
         return parent._modules[name]
 
-    for n in g.nodes:  # in the order the graph was built: topological, and each module's children in order
+    def ensure(path: str) -> nn.Module:
+        parent: nn.Module = features
+        parts = path.split(".")
+        for depth, name in enumerate(parts[1:], 2):
+            parent = container(parent, name, ".".join(parts[:depth]))
+        return parent
+
+    pending = list(g.graph["containers"])
+    for i, n in enumerate(g.nodes):  # in the order the graph was built: topological, each module's children in order
+        while pending and g.graph["containers"][pending[0]]["at"] <= i:
+            ensure(pending.pop(0))
         node = g.nodes[n]
         if node["module"] is None:
             continue
@@ -116,10 +169,10 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
         if path == ["classifier"]:
             classifier = module
             continue
-        parent: nn.Module = features
-        for name in path[1:-1]:
-            parent = container(parent, name, node["unit"])
+        parent = ensure(".".join(path[:-1])) if len(path) > 2 else features
         parent.add_module(path[-1], module)
+    for path in pending:
+        ensure(path)
     for (name, index), n in g.graph["kept"].items():
         features.keeps.setdefault(part_of(g, n), []).append(f"{name}[{index}]")
     for unit, info in g.graph["units"].items():

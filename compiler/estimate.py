@@ -95,6 +95,10 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
         if keeps == "all":
             continue
         convs = [i for i, n in enumerate(nodes) if g.nodes[n]["op"] == "conv"]
+        if g.graph["units"][unit].get("general"):  # the whole layer recomputed from its inputs
+            skip.update(nodes)
+            held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, nodes[0]))
+            continue
         if g.graph["units"][unit].get("two_way"):  # PeleeNet's layers
             if keeps == "inputs":  # concat and both 1x1 Conv-BN-activations recomputed
                 skip.update(n for n in nodes if n.endswith(".cat") or ".branch1a." in n or ".branch2a." in n)
@@ -136,14 +140,12 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
 
 
 def _lowering_of(g: nx.DiGraph, unit: str, name: str) -> Lowering:
-    """The lowering a dense block gets: `name`'s, or its fallback's where `name` does not cover the block."""
-    lowering = LOWERINGS[name]
-    if lowering.falls_back is None:
-        return lowering
+    """The lowering a dense block gets: `name`'s, or a fallback's where `name` does not cover the block."""
     kinds = {d["op"]: d["args"].get("kind") for _, d in g.nodes(data=True) if d["unit"] == unit and d.get("args")}
-    two_way = bool(g.graph["units"][unit].get("two_way"))
-    covered = lowering.covers(str(kinds.get("norm")), str(kinds.get("act")), two_way)
-    return lowering if covered else LOWERINGS[lowering.falls_back]
+    info = g.graph["units"][unit]
+    return LOWERINGS[name].for_block(
+        bool(info.get("general")), str(kinds.get("norm")), str(kinds.get("act")), bool(info.get("two_way"))
+    )
 
 
 def _bytes(g: nx.DiGraph, storage: str, batch: int, size: int) -> int:

@@ -39,6 +39,9 @@ class Lowering:
     activations: tuple[str, ...] | None = None
     two_way: bool = True
     falls_back: str | None = None
+    # whether it lowers any block: other connectivities (harmonic, window, ...), layers of the spec's own,
+    # fuse and residual; such a block gets the first lowering along `falls_back` that does, else naive
+    general: bool = False
 
     def covers(self, norm: str, activation: str, two_way: bool) -> bool:
         """Whether a dense block of these layers is lowered as this lowering says (not as `falls_back`)."""
@@ -47,6 +50,15 @@ class Lowering:
             and (self.activations is None or activation in self.activations)
             and (self.two_way or not two_way)
         )
+
+    def for_block(self, general: bool, norm: str, activation: str, two_way: bool) -> Lowering:
+        """The lowering a block actually gets: this one, or the first along `falls_back` that covers it."""
+        lowering = self
+        while not (lowering.general or not general) or not lowering.covers(norm, activation, two_way):
+            if lowering.falls_back is None:
+                return next(r for r in LOWERINGS.values() if r.general and r.falls_back is None)
+            lowering = LOWERINGS[lowering.falls_back]
+        return lowering
 
     def block_class(self) -> type:
         module, _, name = self.block.partition(":")
@@ -66,6 +78,7 @@ LOWERINGS: dict[str, Lowering] = {
             memory_efficient=False,
             sync_bn=True,
             speed={"cpu": 0, "cuda": 0},
+            general=True,
         ),
         Lowering(
             "checkpoint",
@@ -77,6 +90,7 @@ LOWERINGS: dict[str, Lowering] = {
             memory_efficient=True,
             sync_bn=True,
             speed={"cpu": 3, "cuda": 3},
+            general=True,  # blocks of the spec's own layers or connectivity recompute each whole layer
         ),
         Lowering(
             "shared",
@@ -88,6 +102,7 @@ LOWERINGS: dict[str, Lowering] = {
             memory_efficient=True,
             sync_bn=False,
             speed={"cpu": 2, "cuda": 2},
+            falls_back="checkpoint",  # for blocks of the spec's own layers or connectivity
         ),
         Lowering(
             "fused",

@@ -69,10 +69,27 @@ class CheckpointDenseBlock(DenseBlock):
     def forward(self, x: Tensor) -> Tensor:
         if not _needs_backward(x, self):
             return super().forward(x)
+        if self.links is not None:  # the spec's own layers or connectivity: each whole layer recomputed
+            return self.connected(x, self._whole_layer)
         features = [x]
         for layer in self.values():
             features.append(self._layer(layer, features))
         return torch.cat(features if self.concat_input else features[1:], 1)
+
+    @staticmethod
+    def _whole_layer(layer: nn.Module, inputs: list[Tensor]) -> Tensor:
+        """A layer of any kind kept as its inputs alone: recomputed in the backward pass, its batch norms'
+        statistics counted once, its dropout masks drawn again from the saved RNG state."""
+        fresh = [True]
+
+        def segment(*xs: Tensor) -> Tensor:
+            with contextlib.nullcontext() if fresh[0] else _frozen_statistics(layer):
+                out = layer(list(xs))
+            fresh[0] = False
+            return out
+
+        drops = any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules())
+        return checkpoint(segment, *inputs, use_reentrant=False, preserve_rng_state=drops)
 
     @staticmethod
     def _layer(layer: DenseLayer | TwoWayDenseLayer, features: list[Tensor]) -> Tensor:

@@ -6,6 +6,7 @@ Dimension-agnostic: the emitter picks Conv1d/2d/3d and friends; these only wire 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -62,15 +63,90 @@ class StemBlock(nn.Module):
 
 class DenseBlock(nn.ModuleDict):
     """Feeds every layer the feature maps of all earlier layers; returns their concatenation (without
-    the block's input when `concat_input` is off, as FC-DenseNet's up path has it)."""
+    the block's input when `concat_input` is off, as FC-DenseNet's up path has it).
+
+    Other connectivities set `links` (the features each layer reads, 0 the block's input) and `outputs`
+    (those the block returns); CSPNet's `bypass` channels go round the layers, a `fuse` child runs on the
+    output and `residual` adds the block's input: see compiler/graph.py, which decides them."""
 
     concat_input = True
+    links: list[list[int]] | None = None
+    outputs: list[int] | None = None
+    bypass = 0
+    residual = False
+
+    def layers(self) -> list[nn.Module]:
+        return [m for name, m in self.items() if name != "fuse"]
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.links is None:
+            features = [x]
+            for layer in self.values():
+                features.append(layer(features))
+            return torch.cat(features if self.concat_input else features[1:], 1)
+        return self.connected(x, lambda layer, inputs: layer(inputs))
+
+    def connected(self, x: Tensor, run: Callable[[nn.Module, list[Tensor]], Tensor]) -> Tensor:
+        """The block as `links` and `outputs` say, each layer run on its inputs by `run`."""
+        entry = x
+        skip, x = (x[:, : self.bypass], x[:, self.bypass :]) if self.bypass else (None, x)
         features = [x]
-        for layer in self.values():
-            features.append(layer(features))
-        return torch.cat(features if self.concat_input else features[1:], 1)
+        for layer, links in zip(self.layers(), self.links, strict=True):
+            features.append(run(layer, [features[j] for j in links]))
+        out = [features[j] for j in self.outputs]
+        x = torch.cat(out if skip is None else [skip, *out], 1)
+        if "fuse" in self:
+            x = self["fuse"](x)
+        return x + entry if self.residual else x
+
+
+class Layer(nn.Sequential):
+    """A dense layer of the spec's own (`layer NAME { ... }`): its ops in order over the concatenation
+    of the features it reads."""
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = features[0] if len(features) == 1 else torch.cat(features, 1)
+        return super().forward(x)
+
+
+class Composite(nn.Sequential):
+    """A layer of the spec's own used in a stem, the body or another layer: its ops in order."""
+
+
+class Branches(nn.ModuleDict):
+    """Parallel branches over one input (an empty one passes it through), concatenated or added."""
+
+    join = "concat"
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = [branch(x) for branch in self.values()]
+        return torch.cat(outs, 1) if self.join == "concat" else sum(outs[1:], outs[0])
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): scale each channel by a gate computed from the pooled maps,
+    global pool -> 1x1 conv (`fc1`) -> ReLU -> 1x1 conv (`fc2`) -> sigmoid."""
+
+    def __init__(self, channels: int, width: int, rank: int = 2) -> None:
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1]
+        self.fc1, self.act, self.fc2 = conv(channels, width, 1), nn.ReLU(inplace=True), conv(width, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        return x * torch.sigmoid(self.fc2(self.act(self.fc1(s))))
+
+
+class EffectiveSqueezeExcite(nn.Module):
+    """VoVNet-v2's eSE (Lee and Park 2020): one 1x1 conv (`fc`) of the pooled maps, a hard sigmoid gate."""
+
+    def __init__(self, channels: int, rank: int = 2) -> None:
+        super().__init__()
+        self.fc = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1](channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        return x * F.hardsigmoid(self.fc(s))
 
 
 class Transition(nn.Sequential):

@@ -22,14 +22,19 @@ def _window(node: dict, shape: Shape) -> Shape:
     """Spatial size after a sliding window (convolution or pooling), floor mode."""
     a = node["args"]
     out = []
-    for s, k, st, p in zip(shape[1:], a["kernel"], a["stride"], a["padding"], strict=True):
+    dilation = a.get("dilation", (1,) * len(a["kernel"]))
+    for s, k, st, p, d in zip(shape[1:], a["kernel"], a["stride"], a["padding"], dilation, strict=True):
         if node["op"] != "conv" and 2 * p > k:
             raise DnetError(
                 f"`{node['op']}` padding {p} is more than half its window {k}",
                 node["span"],
                 help=f"use padding <= {k // 2}",
             )
-        out.append((s + 2 * p - k) // st + 1)
+        span = s + 2 * p - d * (k - 1) - 1
+        n = (-(-span // st) if a.get("ceil") else span // st) + 1
+        if a.get("ceil") and (n - 1) * st >= s + p:  # as torch: the last window starts inside the input
+            n -= 1
+        out.append(n)
     return tuple(out)
 
 
@@ -55,6 +60,18 @@ def _conv(node: dict, ins: list[Shape]) -> Shape:
                 f"compression {a['compression']} of {shape[0]} channels leaves none",
                 node["span"],
                 help="raise the compression so that at least one channel remains",
+            )
+    if a.get("depthwise"):  # one filter per channel
+        a["channels"] = a["groups"] = shape[0]
+    groups = a.get("groups", 1)
+    for what, c in (("input", shape[0]), ("output", a["channels"])):
+        if c % groups:
+            raise DnetError(
+                f"a convolution in {groups} groups needs {what} channels divisible by {groups}, but it has {c}",
+                node["span"],
+                label=f"{c} channels here",
+                help=f"choose groups that divide {c}"
+                + (f" (e.g. {max(g for g in range(1, groups) if c % g == 0)})" if groups > 1 else ""),
             )
     return (a["channels"], *_window(node, shape))
 
@@ -129,6 +146,52 @@ def _linear(node: dict, ins: list[Shape]) -> Shape:
     return (node["args"]["channels"],)
 
 
+def _shuffle(node: dict, ins: list[Shape]) -> Shape:
+    (shape,) = ins
+    groups = node["args"]["groups"]
+    if shape[0] % groups:
+        raise DnetError(
+            f"a channel shuffle in {groups} groups needs channels divisible by {groups}, but it has {shape[0]}",
+            node["span"],
+            help=f"choose groups that divide {shape[0]}",
+        )
+    return shape
+
+
+def _squeeze(node: dict, ins: list[Shape]) -> Shape:
+    """Squeeze-and-excitation: the squeezed width floor(ratio·C), at least 1; the maps keep their shape."""
+    (shape,) = ins
+    if node["op"] == "se":
+        node["args"]["width"] = max(1, math.floor(node["args"]["ratio"] * shape[0]))
+    return shape
+
+
+def _slice(node: dict, ins: list[Shape]) -> Shape:
+    """CSPNet's split: the first floor(r·C) channels bypass the block, the rest go through it."""
+    (shape,) = ins
+    a = node["args"]
+    first = math.floor(a["ratio"] * shape[0])
+    if not 0 < first < shape[0]:
+        raise DnetError(
+            f"partial({a['ratio']:g}) of {shape[0]} channels leaves {'no' if first == 0 else 'every'} channel "
+            f"to bypass the block",
+            node["span"],
+            help="choose a ratio that splits the channels into two non-empty parts",
+        )
+    a["channels"] = first if a["part"] == "bypass" else shape[0] - first
+    return (a["channels"], *shape[1:])
+
+
+def _add(node: dict, ins: list[Shape]) -> Shape:
+    if len(set(ins)) != 1:
+        raise DnetError(
+            "cannot add feature maps of different shapes: " + ", ".join(map(_show, ins)),
+            node["span"],
+            help="a sum needs equal channels and sizes: give each branch (or the block, for `residual`) the same",
+        )
+    return ins[0]
+
+
 def _concat(node: dict, ins: list[Shape]) -> Shape:
     spatial = {s[1:] for s in ins}
     if len(spatial) != 1:
@@ -150,6 +213,11 @@ SHAPE_RULES: dict[str, Callable[[dict, list[Shape]], Shape]] = {
     "global_pool": _global_pool,
     "linear": _linear,
     "concat": _concat,
+    "shuffle": _shuffle,
+    "se": _squeeze,
+    "ese": _squeeze,
+    "slice": _slice,
+    "add": _add,
 }
 
 
@@ -158,7 +226,7 @@ def count(node: dict, ins: list[Shape], out: Shape) -> tuple[int, int]:
     op = node["op"]
     if op in ("conv", "conv_transpose"):
         a = node["args"]
-        params = ins[0][0] * out[0] * math.prod(a["kernel"]) + (out[0] if a.get("bias") else 0)
+        params = ins[0][0] // a.get("groups", 1) * out[0] * math.prod(a["kernel"]) + (out[0] if a.get("bias") else 0)
         positions = a["full"] if op == "conv_transpose" else out[1:]  # torchinfo sees the uncropped output
         return params, params * math.prod(positions)
     if op == "norm":  # every normalisation learns a scale and a shift per channel
@@ -168,6 +236,11 @@ def count(node: dict, ins: list[Shape], out: Shape) -> tuple[int, int]:
     if op == "linear":
         params = ins[0][0] * out[0] + out[0]
         return params, params
+    if op == "se":  # two 1x1 convs with bias on the pooled maps
+        c, w = out[0], node["args"]["width"]
+        return 2 * c * w + c + w, 2 * c * w + c + w
+    if op == "ese":  # one 1x1 conv with bias, C to C
+        return out[0] * out[0] + out[0], out[0] * out[0] + out[0]
     return 0, 0
 
 

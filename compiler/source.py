@@ -50,6 +50,32 @@ def _window_args(a: dict, conv: bool) -> list[str]:
     return out
 
 
+def _header(g: nx.DiGraph, overrides: list[str], tool: str) -> list[str]:
+    """The file's docstring: what it is, where it came from, how to load weights into it."""
+    net = g.graph["network"]
+    shape_in = "x".join(map(str, g.nodes["input"]["shape"]))
+    shape_out = "x".join(map(str, g.nodes[g.graph["output"]]["shape"]))
+    params = ", ".join(f"{k}={literal(v)}" for k, v in net.parameters.items()) or "none"
+    overrides = " ".join(f"--set {o}" for o in overrides) or "none"
+    lines = [
+        f'"""{net.name}: a densely connected network in plain PyTorch, written by {tool}.',
+        "",
+        f"Spec: {_where(net.file)} (network {net.name})",
+        f"Overrides: {overrides}",
+        f"Parameters: {params}",
+        f"Input {shape_in} -> output {shape_out}; {g.graph['params']:,} parameters,",
+        f"{g.graph['macs']:,} multiply-adds per sample.",
+        "",
+        "Only torch is needed. The state_dict keys are those of dnetc's compiled module, so",
+        "its checkpoints and weights load with strict=True:",
+        "",
+        "    model = DenseNet()",
+        '    model.load_state_dict(load_weights("runs/RUN/checkpoints/best.pt"))',
+        '"""',
+    ]
+    return [*_wrap_text(lines), ""]
+
+
 class SourceError(Exception):
     """A network that the standalone source does not express yet: says which construct."""
 
@@ -94,28 +120,7 @@ class _Writer(BlockSource):
 
     # ---- the parts of the file
     def header(self) -> list[str]:
-        g, net = self.g, self.g.graph["network"]
-        shape_in = "x".join(map(str, g.nodes["input"]["shape"]))
-        shape_out = "x".join(map(str, g.nodes[g.graph["output"]]["shape"]))
-        params = ", ".join(f"{k}={literal(v)}" for k, v in net.parameters.items()) or "none"
-        overrides = " ".join(f"--set {o}" for o in self.overrides) or "none"
-        lines = [
-            f'"""{net.name}: a densely connected network in plain PyTorch, written by {self.tool}.',
-            "",
-            f"Spec: {_where(net.file)} (network {net.name})",
-            f"Overrides: {overrides}",
-            f"Parameters: {params}",
-            f"Input {shape_in} -> output {shape_out}; {g.graph['params']:,} parameters,",
-            f"{g.graph['macs']:,} multiply-adds per sample.",
-            "",
-            "Only torch is needed. The state_dict keys are those of dnetc's compiled module, so",
-            "its checkpoints and weights load with strict=True:",
-            "",
-            "    model = DenseNet()",
-            '    model.load_state_dict(load_weights("runs/RUN/checkpoints/best.pt"))',
-            '"""',
-        ]
-        return [*_wrap_text(lines), ""]
+        return _header(self.g, self.overrides, self.tool)
 
     @property
     def uses_functional(self) -> bool:
@@ -308,4 +313,19 @@ def python_source(
     `memory_efficient` sets the default of the network's flag that checkpoints each dense layer's
     first stage (concat-BN-ReLU-conv); `overrides` are recorded in the header.
     """
+    if _tree_only(g):
+        if memory_efficient:
+            raise SourceError(
+                "memory-efficient standalone source for blocks of the spec's own layers or connectivity "
+                "(they run naive: write it without --memory)"
+            )
+        from .source_tree import tree_source  # it copies compiler/modules.py's classes: torch is needed
+
+        return tree_source(g, _header(g, list(overrides or []), tool))
     return _Writer(g, memory_efficient, list(overrides or []), tool).write()
+
+
+def _tree_only(g: nx.DiGraph) -> bool:
+    """Whether the network uses the spec's own layers or connectivities, which only the tree writer writes."""
+    kinds = {c["kind"] for c in g.graph["containers"].values()}
+    return bool(kinds & {"composite", "layer", "branches"}) or any(u.get("general") for u in g.graph["units"].values())

@@ -10,13 +10,13 @@ WIDTH = 88
 INDENT = "    "
 
 
-def _call(indent: str, head: str, args: list[str], tail: str = ")") -> list[str]:
+def _call(indent: str, head: str, args: list[str], tail: str = ")", width: int = WIDTH) -> list[str]:
     """`head(args)` at `indent`, wrapped as ruff wraps a call that does not fit on one line."""
     one = f"{indent}{head}{', '.join(args)}{tail}"
-    if len(one) <= WIDTH or not args:
+    if len(one) <= width or not args:
         return [one]
     inner = indent + INDENT + ", ".join(args)
-    if len(inner) <= WIDTH:
+    if len(inner) <= width:
         return [f"{indent}{head}", inner, f"{indent}{tail}"]
     return [f"{indent}{head}", *(f"{indent}{INDENT}{a}," for a in args), f"{indent}{tail}"]
 
@@ -103,9 +103,12 @@ class BlockSource:
 
     def act(self, kind: str | None = None) -> tuple[str, list[str]]:
         kind = kind or self.activation
-        return {"relu": ("nn.ReLU", ["inplace=True"]), "prelu": ("nn.PReLU", []), "silu": ("nn.SiLU", [])}.get(
-            kind, ("nn.GELU", [])
-        )
+        return {
+            "relu": ("nn.ReLU", ["inplace=True"]),
+            "relu6": ("nn.ReLU6", ["inplace=True"]),
+            "prelu": ("nn.PReLU", []),
+            "silu": ("nn.SiLU", []),
+        }.get(kind, ("nn.GELU", []))
 
     def layer_forward(self, both: bool, has_bottleneck: bool) -> list[str]:
         i2, i3 = INDENT * 2, INDENT * 3

@@ -63,13 +63,14 @@ def diagram(g: nx.DiGraph, detail: Detail = "auto") -> graphviz.Digraph:
         unit = g.nodes[members[0]]["unit"]
         label, fill = _label(g, vid, members, rows.get(unit), _op_text)
         target = dot
-        if detail == "layer" and unit.startswith("denseblock"):
+        if detail == "layer" and g.graph["units"].get(unit, {}).get("kind") == "dense":
             if unit not in clusters:
                 info = g.graph["units"][unit]
+                connect = f", {info['connect']}" if info.get("connect", "all") != "all" else ""
                 clusters[unit] = graphviz.Digraph(
                     f"cluster_{unit}",
                     graph_attr={
-                        "label": f"{unit}: {info['layers']} layers, k={info['growth']}",
+                        "label": f"{unit}: {info['layers']} layers, k={info['growth']}{connect}",
                         "style": "rounded",
                         "color": "#4a7ab5",
                     },

@@ -76,9 +76,20 @@ class Function:
     args: tuple[Expr, ...]
     span: Span
     name_span: Span
+    keywords: tuple[Argument, ...] = ()  # `name = value`: for a user-defined layer as a value
 
 
-Expr = Num | Dims | Const | Name | BinOp | Unary | ListExpr | Index | Function
+@dataclass(frozen=True, slots=True)
+class IfElse:
+    """`then if condition else otherwise`."""
+
+    then: Expr
+    condition: Expr
+    otherwise: Expr
+    span: Span
+
+
+Expr = Num | Dims | Const | Name | BinOp | Unary | ListExpr | Index | Function | IfElse
 
 # ---- statements ----------------------------------------------------------------------------
 
@@ -165,6 +176,18 @@ class Repeat:
     span: Span
 
 
+@dataclass(frozen=True, slots=True)
+class Branches:
+    """`concat { ... } { ... }` or `add { ... } { ... }` inside a layer: parallel branches, joined."""
+
+    join: str
+    branches: tuple[tuple[Op, ...], ...]
+    span: Span
+    join_span: Span
+
+
+Op = Call | Branches
+
 Statement = Input | Let | Memory | Setting | Keep | Section | Repeat | Call
 
 # ---- top level -----------------------------------------------------------------------------
@@ -199,6 +222,17 @@ class NetworkAlias:
 
 
 @dataclass(frozen=True, slots=True)
+class LayerDef:
+    """`layer NAME(parameters) { ops }`: a composite function H_l written in the language."""
+
+    name: str
+    parameters: tuple[Parameter, ...]
+    body: tuple[Op, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Use:
     names: tuple[tuple[str, Span], ...]
     path: str
@@ -214,3 +248,4 @@ class Module:
     source: str
     uses: list[Use] = field(default_factory=list)
     networks: list[NetworkDef | NetworkAlias] = field(default_factory=list)
+    layers: list[LayerDef] = field(default_factory=list)

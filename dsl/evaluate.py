@@ -22,10 +22,27 @@ MAX_LIST = 10_000
 Value = int | float | bool | None | list | tuple
 
 
+@dataclass(frozen=True)
+class LayerValue:
+    """A user-defined layer as a value (`bottleneck_se` or `bottleneck_se(12, width = 2)`): its
+    definition and the arguments given so far, expanded where it is used (dsl/layers.py)."""
+
+    name: str
+    definition: Any  # the instantiate.Definition of its `layer` statement
+    args: tuple[Any, ...] = ()
+    keywords: tuple[tuple[str, Any], ...] = ()
+    span: Span | None = None
+
+
 def show(value: Any) -> str:
     """A value as the language writes it."""
     if isinstance(value, str):  # a choice: silu, group(8)
         return value
+    if isinstance(value, spec.Connectivity):
+        return str(value)
+    if isinstance(value, LayerValue):
+        given = [show(v) for v in value.args] + [f"{k} = {show(v)}" for k, v in value.keywords]
+        return f"{value.name}({', '.join(given)})" if given else value.name
     if isinstance(value, spec.Ref):
         return f"{value.name}[{value.index}]"
     if value is None:
@@ -42,6 +59,15 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def plain(value: Any) -> Any:
+    """A value as the validated spec records it: layers by their text (`bottleneck_se(width = 2)`)."""
+    if isinstance(value, LayerValue):
+        return show(value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
 def literal(value: Any) -> str:
     """A value as the language writes it, lists in full: what `--set NAME=VALUE` reads back."""
     if isinstance(value, list):
@@ -52,6 +78,10 @@ def literal(value: Any) -> str:
 
 
 def kind_of(value: Any) -> str:
+    if isinstance(value, spec.Connectivity):
+        return "a connectivity"
+    if isinstance(value, LayerValue):
+        return "a layer"
     if isinstance(value, spec.Ref):
         return "kept feature maps"
     if isinstance(value, str):
@@ -71,10 +101,19 @@ def kind_of(value: Any) -> str:
     return type(value).__name__
 
 
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
+_PRECEDENCE = {"or": -2, "and": -1, "==": 0, "!=": 0, "<": 0, "<=": 0, ">": 0, ">=": 0}
+_PRECEDENCE |= {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
+_COMPARE = {
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
 
 
-def render(e: ast.Expr, subst: Callable[[str], Any] | None = None, outer: int = 0) -> str:
+def render(e: ast.Expr, subst: Callable[[str], Any] | None = None, outer: float = -10) -> str:
     """An expression as text; with `subst`, names are replaced by their values."""
     if isinstance(e, ast.Num | ast.Dims):
         return e.text
@@ -87,13 +126,20 @@ def render(e: ast.Expr, subst: Callable[[str], Any] | None = None, outer: int = 
         text = f"{render(e.left, subst, p)} {e.op} {render(e.right, subst, p + 1)}"
         return f"({text})" if p < outer else text
     if isinstance(e, ast.Unary):
+        if e.op == "not":
+            text = f"not {render(e.operand, subst, -0.5)}"
+            return f"({text})" if outer > -0.5 else text
         return f"{e.op}{render(e.operand, subst, 3)}"
+    if isinstance(e, ast.IfElse):
+        text = f"{render(e.then, subst, -2)} if {render(e.condition, subst, -2)} else {render(e.otherwise, subst, -3)}"
+        return f"({text})" if outer > -3 else text
     if isinstance(e, ast.ListExpr):
         return "[" + ", ".join(render(i, subst) for i in e.items) + "]"
     if isinstance(e, ast.Index):
         return f"{render(e.target, subst, 3)}[{render(e.index, subst)}]"
     if isinstance(e, ast.Function):
-        return f"{e.name}(" + ", ".join(render(a, subst) for a in e.args) + ")"
+        args = [render(a, subst) for a in e.args] + [f"{k.name} = {render(k.value, subst)}" for k in e.keywords]
+        return f"{e.name}(" + ", ".join(args) + ")"
     raise TypeError(e)
 
 
@@ -164,6 +210,22 @@ def _group(args: list, f: ast.Function) -> str:
     return f"group({_whole(args[0], f.args[0], 'the number of groups')})"
 
 
+def _connectivity(kind: str, what: str, check: Callable[[float], bool], hint: str) -> Callable:
+    """`window(3)`, `harmonic(1.7)`, `partial(0.5)`: a dense block's connectivity with its number."""
+
+    def apply(args: list, f: ast.Function) -> spec.Connectivity:
+        if len(args) != 1:
+            raise DnetError(f"{kind} takes one number: {what}", f.span, help=f"for example {hint}")
+        v = _number(args[0], f.args[0], kind)
+        if kind == "window":
+            v = _whole(v, f.args[0], "window")
+        if not check(v):
+            raise DnetError(f"`{render(f)}`: {what}", f.span, help=f"for example {hint}")
+        return spec.Connectivity(kind=kind, value=v)
+
+    return apply
+
+
 FUNCTIONS: dict[str, Callable[[list, ast.Function], Any]] = {
     "min": _min_max(min),
     "max": _min_max(max),
@@ -173,10 +235,19 @@ FUNCTIONS: dict[str, Callable[[list, ast.Function], Any]] = {
     "len": _length,
     "range": _range,
     "group": _group,
+    "window": _connectivity(
+        "window", "the number of latest feature maps each layer reads, >= 1", lambda v: v >= 1, "window(3)"
+    ),
+    "harmonic": _connectivity("harmonic", "HarDNet's width multiplier m, > 0", lambda v: v > 0, "harmonic(1.7)"),
+    "partial": _connectivity(
+        "partial", "the fraction of channels that bypass the block, 0 < r < 1", lambda v: 0 < v < 1, "partial(0.5)"
+    ),
 }
 
 
 CHOICES = (*spec.NORMALIZATIONS, *spec.ACTIVATIONS)
+# connectivities without a number: names the language gives meaning, as it does the choices
+CONNECTIVITIES = {"all": "all", "exponential": "exponential", "aggregate": "aggregate"}
 
 
 @dataclass
@@ -188,9 +259,10 @@ class Scope:
     where: dict[str, Span] = field(default_factory=dict)
     parameters: set[str] = field(default_factory=set)
     kept: dict[str, list] = field(default_factory=dict)  # `keep NAME` lists, one set for the whole network
+    layers: dict[str, Any] = field(default_factory=dict)  # user-defined layers visible here, by name
 
     def child(self) -> Scope:
-        return Scope(dict(self.values), dict(self.lets), dict(self.where), self.parameters, self.kept)
+        return Scope(dict(self.values), dict(self.lets), dict(self.where), self.parameters, self.kept, self.layers)
 
 
 def evaluate(e: ast.Expr, scope: Scope, lookup: Callable[[ast.Name], Any] | None = None) -> Any:
@@ -209,13 +281,39 @@ def evaluate(e: ast.Expr, scope: Scope, lookup: Callable[[ast.Name], Any] | None
                 return scope.kept[e.id]
             if e.id in CHOICES:  # `silu`, `instance`: names the language gives meaning
                 return e.id
+            if e.id in CONNECTIVITIES:
+                return spec.Connectivity(kind=CONNECTIVITIES[e.id])
+            if e.id in scope.layers:
+                return LayerValue(e.id, scope.layers[e.id], span=e.span)
             raise DnetError(
                 f"unknown name `{e.id}`",
                 e.span,
                 label="not defined here",
-                help=did_you_mean(e.id, [*scope.values, *CHOICES]) or _name_help(scope),
+                help=did_you_mean(e.id, [*scope.values, *CHOICES, *CONNECTIVITIES, *scope.layers]) or _name_help(scope),
             )
         return scope.values[e.id]
+    if isinstance(e, ast.IfElse):
+        chosen = e.then if _truth(evaluate(e.condition, scope, lookup), e.condition) else e.otherwise
+        return evaluate(chosen, scope, lookup)
+    if isinstance(e, ast.BinOp) and e.op in ("and", "or"):
+        left = _truth(evaluate(e.left, scope, lookup), e.left)
+        if left == (e.op == "or"):  # decided by the left side, as Python and C
+            return left
+        return _truth(evaluate(e.right, scope, lookup), e.right)
+    if isinstance(e, ast.BinOp) and e.op in _COMPARE:
+        left, right = evaluate(e.left, scope, lookup), evaluate(e.right, scope, lookup)
+        if e.op in ("==", "!="):
+            return _COMPARE[e.op](_comparable(left), _comparable(right))
+        a = _number(left, e.left, f"`{e.op}`")
+        b = _number(right, e.right, f"`{e.op}`")
+        return _COMPARE[e.op](a, b)
+    if isinstance(e, ast.BinOp) and e.op == "+" and isinstance(left := evaluate(e.left, scope, lookup), list):
+        right = evaluate(e.right, scope, lookup)  # [a, b] + [c]: lists join
+        if not isinstance(right, list):
+            raise DnetError(f"a list joins only a list, but `{render(e.right)}` is {kind_of(right)}", e.right.span)
+        if len(left) + len(right) > MAX_LIST:
+            raise DnetError(f"`{render(e)}` would make a list of {len(left) + len(right)} items", e.span)
+        return left + right
     if isinstance(e, ast.BinOp):
         left, right = evaluate(e.left, scope, lookup), evaluate(e.right, scope, lookup)
         if e.op == "*" and (isinstance(left, list) or isinstance(right, list)):  # [size] * dims: repetition
@@ -241,6 +339,8 @@ def evaluate(e: ast.Expr, scope: Scope, lookup: Callable[[ast.Name], Any] | None
         else:
             r = a % b
         return _checked(r, e)
+    if isinstance(e, ast.Unary) and e.op == "not":
+        return not _truth(evaluate(e.operand, scope, lookup), e.operand)
     if isinstance(e, ast.Unary):
         v = _number(evaluate(e.operand, scope, lookup), e.operand, f"unary `{e.op}`")
         return -v if e.op == "-" else v
@@ -261,15 +361,58 @@ def evaluate(e: ast.Expr, scope: Scope, lookup: Callable[[ast.Name], Any] | None
             )
         return target[i]
     if isinstance(e, ast.Function):
+        if e.name in scope.layers:  # a user-defined layer with some of its arguments
+            args = tuple(evaluate(a, scope, lookup) for a in e.args)
+            keywords = tuple((k.name, evaluate(k.value, scope, lookup)) for k in e.keywords)
+            return LayerValue(e.name, scope.layers[e.name], args, keywords, e.span)
         fn = FUNCTIONS.get(e.name)
         if fn is None:
             raise DnetError(
                 f"unknown function `{e.name}`",
                 e.name_span,
-                help=did_you_mean(e.name, FUNCTIONS) or "the functions are " + ", ".join(FUNCTIONS),
+                help=did_you_mean(e.name, [*FUNCTIONS, *scope.layers]) or "the functions are " + ", ".join(FUNCTIONS),
+            )
+        if e.keywords:
+            raise DnetError(
+                f"`{e.name}` takes no arguments by name", e.keywords[0].span, help=f"write {render(e)} positionally"
             )
         return _checked_any(fn([evaluate(a, scope, lookup) for a in e.args], e), e)
     raise TypeError(e)
+
+
+def _truth(v: Any, e: ast.Expr) -> bool:
+    if not isinstance(v, bool):
+        raise DnetError(
+            f"a condition needs true or false, but `{render(e)}` is {kind_of(v)} ({show(v)})",
+            e.span,
+            help=f"compare it: `{render(e)} > 0`" if isinstance(v, int | float) else None,
+        )
+    return v
+
+
+def _comparable(v: Any) -> Any:
+    """Layers compare by name and arguments, the rest as values."""
+    return (v.name, v.args, v.keywords) if isinstance(v, LayerValue) else v
+
+
+def bind_parameters(
+    parameters: tuple[ast.Parameter, ...],
+    given: dict[str, Any],
+    scope: Scope,
+    missing: Callable[[ast.Parameter], DnetError],
+) -> None:
+    """Each parameter of a network or layer its given value, else its default (which may use the ones
+    before it); a parameter declared twice, or with neither, is an error."""
+    for p in parameters:
+        if p.name in scope.values:
+            raise DnetError(f"parameter `{p.name}` is declared twice", p.span)
+        if p.name in given:
+            scope.values[p.name] = given[p.name]
+        elif p.default is not None:
+            scope.values[p.name] = evaluate(p.default, scope)
+        else:
+            raise missing(p)
+        scope.where[p.name] = p.span
 
 
 def _checked_any(v: Any, e: ast.Expr) -> Any:
@@ -307,6 +450,8 @@ def _depends_on(e: ast.Expr, scope: Scope, seen: set[str] | None = None) -> list
             stack += list(x.items if isinstance(x, ast.ListExpr) else x.args)
         elif isinstance(x, ast.Index):
             stack += [x.target, x.index]
+        elif isinstance(x, ast.IfElse):
+            stack += [x.then, x.condition, x.otherwise]
     return out
 
 
@@ -359,8 +504,15 @@ def explain_non_integer(e: ast.Expr, scope: Scope) -> tuple[list[str], str | Non
 # ---- calls ---------------------------------------------------------------------------------
 
 
-def bind_call(call: ast.Call, ops: dict[str, type[spec.Node]], scope: Scope, where: str) -> spec.Node:
-    """Evaluate a call's arguments against the pydantic model of its operation and validate."""
+def bind_call(
+    call: ast.Call,
+    ops: dict[str, type[spec.Node]],
+    scope: Scope,
+    where: str,
+    deferred: dict[str, tuple[Any, ast.Argument]] | None = None,
+) -> spec.Node:
+    """Evaluate a call's arguments against the pydantic model of its operation and validate. Arguments
+    that take a user-defined layer (the model's `layer_fields`) go to `deferred`, for the caller to expand."""
     model = ops.get(call.op)
     if model is None:
         elsewhere = _where_allowed(call.op)
@@ -415,6 +567,12 @@ def bind_call(call: ast.Call, ops: dict[str, type[spec.Node]], scope: Scope, whe
             raise DnetError(f"argument `{name}` of `{call.op}` is given twice", arg.span)
         values[name] = evaluate(arg.value, scope)
         exprs[name] = arg
+    for name in model.layer_fields:
+        if name in values:
+            value, arg = values.pop(name), exprs.pop(name)
+            if deferred is None:
+                raise DnetError(f"`{name}` of `{call.op}` cannot take a layer here", arg.span)
+            deferred[name] = (value, arg)
     return validate(model, values, exprs, call, scope)
 
 

@@ -53,6 +53,18 @@ def _argument(a: ast.Argument) -> str:
     return render(a.value) if a.name is None else f"{a.name} = {render(a.value)}"
 
 
+def _split_arguments(text: str) -> list[str]:
+    """`a, f(b, c), [d, e]` -> its top-level items."""
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            out.append(text[start:i].strip())
+            start = i + 1
+    return [*out, text[start:].strip()]
+
+
 def _parameter(p: ast.Parameter) -> str:
     return p.name if p.default is None else f"{p.name} = {render(p.default)}"
 
@@ -63,6 +75,17 @@ def _wrapped(head: str, items: list[str], tail: str, indent: str) -> list[str]:
     if len(one) <= WIDTH or not items:
         return [one]
     return [f"{indent}{head}(", *(f"{indent}{INDENT}{i}," for i in items), f"{indent}){tail}"]
+
+
+def _inline(ops: tuple[ast.Op, ...]) -> str:
+    """A layer's ops on one line: `norm act conv(3, growth) concat { ... } { }`."""
+    parts = []
+    for op in ops:
+        if isinstance(op, ast.Call):
+            parts.append(_call(op))
+        else:
+            parts.append(op.join + "".join(f" {{ {_inline(b)} }}" if b else " { }" for b in op.branches))
+    return " ".join(parts)
 
 
 class _Printer:
@@ -145,7 +168,11 @@ class _Printer:
         elif isinstance(s, ast.Setting):
             self.line(f"{s.what} {render(s.value)}", s.span, indent, first)
         elif isinstance(s, ast.Call):
-            self.line(_call(s), s.span, indent, first)
+            self.wrapped(
+                _wrapped(s.op, [_argument(a) for a in s.args], "", "") if s.args else [s.op], s.span, indent, first
+            )
+        elif isinstance(s, ast.Branches):
+            self.branches(s, indent, first)
         elif isinstance(s, ast.Section):
             self.section(s, indent, first)
         elif isinstance(s, ast.Repeat):
@@ -155,6 +182,77 @@ class _Printer:
             self.block([head + " {"], s.span, s.body, indent, first)
         else:
             raise TypeError(s)
+
+    def wrapped(self, lines: list[str], span: Span, indent: str, first: bool) -> None:
+        """A statement on one line, or one argument a line when too long; comments end its last line."""
+        end = span.end_line or span.line
+        if len(lines) == 1 and len(indent + lines[0]) <= WIDTH:
+            self.line(lines[0], span, indent, first)
+            return
+        if len(lines) == 1:  # it fit at the margin, not at this indent
+            head, _, rest = lines[0].partition("(")
+            lines = [f"{head}(", *(f"{INDENT}{a}," for a in _split_arguments(rest[:-1])), ")"]
+        self.leading(span.line, indent, first, through=end)
+        comment = self.trailing(span.line, end)
+        for i, text in enumerate(lines):
+            self.emit(indent + text, comment if i == len(lines) - 1 else "")
+        self.last = max(self.last, end)
+
+    def branches(self, b: ast.Branches, indent: str, first: bool) -> None:
+        """`concat { ... } { ... }` on one line when it fits and holds no comment, else a branch a block."""
+        end = b.span.end_line or b.span.line
+        one = _inline((b,))
+        if len(indent + one) <= WIDTH and not any(b.span.line <= c.line <= end for c in self.pending):
+            self.line(one, b.span, indent, first)
+            return
+        self.leading(b.span.line, indent, first)
+        head = b.join + " {"
+        for branch in b.branches:
+            self.emit(indent + head, "")
+            for j, op in enumerate(branch):
+                self.statement(op, indent + INDENT, j == 0)
+            head = "} {"
+        self.leading(end, indent + INDENT, False)
+        self.emit(indent + "}", self.trailing(end, end))
+        self.last = max(self.last, end)
+
+    def layer(self, n: ast.LayerDef, first: bool) -> None:
+        params = [_parameter(p) for p in n.parameters]
+        header = _wrapped(f"layer {n.name}", params, " {", "") if n.parameters else [f"layer {n.name} {{"]
+        end = n.span.end_line or n.span.line
+        one = f"{header[0]} {_inline(n.body)} }}" if n.body else f"{header[0]} }}"
+        inside = any(n.span.line <= c.line < end or (c.line == end and c.own_line) for c in self.pending)
+        if len(header) == 1 and len(one) <= WIDTH and not inside:
+            self.line(one, n.span, "", first)
+        elif inside:  # comments among the ops: one op a line, each comment where it was
+            self.block(header, n.span, n.body, "", first)
+        else:  # the ops filled into lines, as text is
+            self.leading(n.span.line, "", first)
+            for h in header:
+                self.emit(h, "")
+            self.packed(n.body, INDENT)
+            self.emit("}", "")
+            self.last = max(self.last, end)
+
+    def packed(self, ops: tuple[ast.Op, ...], indent: str) -> None:
+        """A layer's ops filled into lines of at most WIDTH; branches too long for a line get a block each."""
+        line: list[str] = []
+        for op in ops:
+            text = _inline((op,))
+            if line and len(indent + " ".join([*line, text])) > WIDTH:
+                self.emit(indent + " ".join(line), "")
+                line = []
+            if isinstance(op, ast.Branches) and len(indent + text) > WIDTH:
+                head = op.join + " {"
+                for branch in op.branches:
+                    self.emit(indent + head, "")
+                    self.packed(branch, indent + INDENT)
+                    head = "} {"
+                self.emit(indent + "}", "")
+                continue
+            line.append(text)
+        if line:
+            self.emit(indent + " ".join(line), "")
 
     def section(self, s: ast.Section, indent: str, first: bool) -> None:
         end = s.span.end_line or s.span.line
@@ -181,11 +279,16 @@ class _Printer:
         self.block(header, n.span, n.body, "", first)
 
     def module(self, m: ast.Module) -> str:
-        items = sorted([*m.uses, *m.networks], key=lambda i: (i.span.line, i.span.col))
+        items = sorted([*m.uses, *m.layers, *m.networks], key=lambda i: (i.span.line, i.span.col))
         for i, item in enumerate(items):
+            after_layers = i and isinstance(item, ast.NetworkDef) and isinstance(items[i - 1], ast.LayerDef)
+            if after_layers and self.out and self.out[-1] != "":  # a network stands apart from the layers
+                self.out.append("")
             if isinstance(item, ast.Use):
                 names = ", ".join(name for name, _ in item.names)
                 self.line(f'use {names} from "{item.path}"', item.span, "", i == 0)
+            elif isinstance(item, ast.LayerDef):
+                self.layer(item, i == 0)
             else:
                 self.network(item, i == 0)
         self.leading(len(self.source) + 1, "", not items)

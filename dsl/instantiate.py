@@ -8,7 +8,8 @@ from typing import Any
 
 from . import ast, spec
 from .errors import DnetError, Span, did_you_mean
-from .evaluate import CHOICES, Scope, bind_call, evaluate, kind_of, render, show
+from .evaluate import CHOICES, Scope, bind_call, bind_parameters, evaluate, kind_of, plain, render, show
+from .layers import call_value, expand, is_layer, layer_argument, layers_of
 
 MAX_ALIAS_DEPTH = 50
 
@@ -26,7 +27,7 @@ class Override:
 class Definition:
     """A network definition and the names visible from the file that holds it."""
 
-    node: ast.NetworkDef | ast.NetworkAlias
+    node: ast.NetworkDef | ast.NetworkAlias | ast.LayerDef
     module: ast.Module
     scope: dict[str, Definition]
 
@@ -46,6 +47,12 @@ def instantiate(defn: Definition, overrides: dict[str, Override]) -> spec.Networ
                 help=did_you_mean(node.family, alias.scope)
                 or f'import it first: use {node.family} from "{node.family}.dnet"',
             )
+        if isinstance(family.node, ast.LayerDef):
+            raise DnetError(
+                f"`{node.family}` is a layer, not a network",
+                node.family_span,
+                help=f"a network uses a layer in its body: `{node.family}(...)` or `dense(..., layer = {node.family})`",
+            )
         if len(chain) > MAX_ALIAS_DEPTH or family in chain:
             raise DnetError(f"network `{node.name}` is defined in terms of itself", node.family_span)
         target_params = _parameter_names(family)
@@ -64,7 +71,7 @@ def instantiate(defn: Definition, overrides: dict[str, Override]) -> spec.Networ
                     or f"its parameters are {', '.join(f'`{p}`' for p in target_params)}",
                 )
             # an outer alias's binding wins over an inner one's
-            bindings.setdefault(arg.name, (evaluate(arg.value, Scope()), arg.span))
+            bindings.setdefault(arg.name, (evaluate(arg.value, Scope(layers=layers_of(alias))), arg.span))
         chain.append(family)
     base = chain[-1]
     assert isinstance(base.node, ast.NetworkDef)
@@ -79,7 +86,7 @@ def instantiate(defn: Definition, overrides: dict[str, Override]) -> spec.Networ
                 or ("its parameters are " + ", ".join(f"`{p}`" for p in params) if params else "it has no parameters"),
             )
         bindings[name] = (o.value, o.span)
-    return _run(defn.node.name, base.node, defn.module.file, bindings)
+    return _run(defn.node.name, base.node, defn.module.file, bindings, layers_of(base))
 
 
 def _parameter_names(defn: Definition) -> list[str]:
@@ -87,7 +94,7 @@ def _parameter_names(defn: Definition) -> list[str]:
     while isinstance(defn.node, ast.NetworkAlias) and id(defn) not in seen:
         seen.add(id(defn))
         nxt = defn.scope.get(defn.node.family)
-        if nxt is None:
+        if nxt is None or isinstance(nxt.node, ast.LayerDef):
             return []
         defn = nxt
     return [p.name for p in defn.node.parameters] if isinstance(defn.node, ast.NetworkDef) else []
@@ -149,13 +156,58 @@ class _Body:
             self.add(spec.Keep(name=stmt.name, span=stmt.span))
         elif isinstance(stmt, ast.Section):
             ops = spec.STEM_OPS if stmt.kind == "stem" else spec.HEAD_OPS
-            calls = [bind_call(c, ops, scope, f"a `{stmt.kind}`") for c in stmt.calls]
+            calls = [
+                expand(call_value(c, scope))
+                if stmt.kind == "stem" and is_layer(c, scope)
+                else bind_call(c, ops, scope, f"a `{stmt.kind}`")
+                for c in stmt.calls
+            ]
             model = spec.Stem if stmt.kind == "stem" else spec.Head
             self.add(model(ops=calls, span=stmt.span))
         elif isinstance(stmt, ast.Repeat):
             self.repeat(stmt, scope)
         else:
-            self.add(bind_call(stmt, spec.BODY_OPS, scope, "the network body"))
+            self.add(self.body_call(stmt, scope))
+
+    def body_call(self, call: ast.Call, scope: Scope) -> spec.Node:
+        """An operation of the body, or a user-defined layer called there (a transition of one's own)."""
+        if is_layer(call, scope):
+            return expand(call_value(call, scope))
+        deferred: dict[str, tuple[Any, ast.Argument]] = {}
+        node = bind_call(call, spec.BODY_OPS, scope, "the network body", deferred)
+        return self.dense_layers(node, deferred) if deferred else node
+
+    @staticmethod
+    def dense_layers(node: spec.Node, deferred: dict[str, tuple[Any, ast.Argument]]) -> spec.Node:
+        """`dense(..., layer = L, fuse = F)`: each layer's H_l expanded, `growth` bound to its width
+        where L leaves it unset (the block's growth rate, or HarDNet's widths)."""
+        assert isinstance(node, spec.DenseBlock)
+        update: dict[str, Any] = {}
+        if "layer" in deferred:
+            value, arg = deferred["layer"]
+            given = value if isinstance(value, list) else [value]
+            layers = [layer_argument(v, "layer", arg.value.span, arg.value) for v in given]
+            if len(layers) not in (1, node.layers):
+                raise DnetError(
+                    f"a list of layers gives one per layer: {node.layers}, not {len(layers)}",
+                    arg.value.span,
+                    help="pass one layer for all, or a list as long as the block",
+                )
+            if node.two_way:
+                raise DnetError("a block takes `two_way` or a `layer`, not both", arg.span)
+            made: dict[tuple[int, int], spec.Composite] = {}
+            out = []
+            for i in range(1, node.layers + 1):
+                which = 0 if len(layers) == 1 else i - 1
+                width = node.connect.width(i, node.growth)
+                if (which, width) not in made:
+                    made[which, width] = expand(layers[which], {"growth": width})
+                out.append(made[which, width])
+            update["layer"] = out
+        if "fuse" in deferred:
+            value, arg = deferred["fuse"]
+            update["fuse"] = expand(layer_argument(value, "fuse", arg.value.span, arg.value))
+        return node.model_copy(update=update)
 
     def setting(self, stmt: ast.Setting, scope: Scope) -> None:
         """`normalization X` or `activation X`, once a network, checked against the choices."""
@@ -239,7 +291,7 @@ class _Body:
                 )
         for i, item in enumerate(items):
             if i and stmt.separator is not None:
-                self.add(bind_call(stmt.separator, spec.BODY_OPS, scope, "the network body"))
+                self.add(self.body_call(stmt.separator, scope))
             inner = scope.child()
             if stmt.var is not None:
                 inner.values[stmt.var] = item
@@ -267,22 +319,20 @@ class _Body:
         self.parts.append(part)
 
 
-def _run(name: str, node: ast.NetworkDef, file: str, bindings: dict[str, tuple[Any, Span]]) -> spec.Network:
-    scope = Scope(parameters={p.name for p in node.parameters})
-    for p in node.parameters:
-        if p.name in scope.values:
-            raise DnetError(f"parameter `{p.name}` is declared twice", p.span)
-        if p.name in bindings:
-            scope.values[p.name] = bindings[p.name][0]
-        elif p.default is not None:
-            scope.values[p.name] = evaluate(p.default, scope)
-        else:
-            raise DnetError(
-                f"network `{name}` needs a value for its parameter `{p.name}`",
-                p.span,
-                help=f"give one with `--set {p.name}=VALUE`, or a default: `{p.name} = VALUE`",
-            )
-        scope.where[p.name] = p.span
+def _run(
+    name: str, node: ast.NetworkDef, file: str, bindings: dict[str, tuple[Any, Span]], layers: dict[str, Any]
+) -> spec.Network:
+    scope = Scope(parameters={p.name for p in node.parameters}, layers=layers)
+    bind_parameters(
+        node.parameters,
+        {k: v for k, (v, _) in bindings.items()},
+        scope,
+        lambda p: DnetError(
+            f"network `{name}` needs a value for its parameter `{p.name}`",
+            p.span,
+            help=f"give one with `--set {p.name}=VALUE`, or a default: `{p.name} = VALUE`",
+        ),
+    )
     body = _Body(name, node)
     body.run(node.body, scope)
     if body.input is None:
@@ -291,7 +341,7 @@ def _run(name: str, node: ast.NetworkDef, file: str, bindings: dict[str, tuple[A
             node.name_span,
             help="say what it takes, e.g. `input 3 x 32 x 32` as its first statement",
         )
-    params = {p.name: scope.values[p.name] for p in node.parameters}
+    params = {p.name: plain(scope.values[p.name]) for p in node.parameters}
     return spec.Network(
         name=name,
         file=file,

@@ -195,15 +195,16 @@ class _Loader:
             for name, span in use.names:
                 if name not in names:
                     raise DnetError(
-                        f"`{use.path}` defines no network `{name}`",
+                        f"`{use.path}` defines no network or layer `{name}`",
                         span,
                         help=did_you_mean(name, names)
                         or "it defines " + (", ".join(f"`{n}`" for n in names) or "nothing"),
                     )
                 scope[name] = names[name]
-        for node in module.networks:
+        for node in [*module.layers, *module.networks]:
             if node.name in scope:
-                raise DnetError(f"network `{node.name}` is defined twice in this file", node.name_span)
+                what = "layer" if isinstance(node, ast.LayerDef) else "network"
+                raise DnetError(f"{what} `{node.name}` is defined twice in this file", node.name_span)
             scope[node.name] = Definition(node, module, scope)
         return module, scope
 

@@ -29,7 +29,7 @@ Lowering = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 # What `normalization` and `activation` may choose: names in the language, like numbers (`--set act=silu`).
 NORMALIZATIONS = ("batch", "instance", "layer")  # and group(G): G groups of channels
-ACTIVATIONS = ("relu", "prelu", "silu", "gelu")
+ACTIVATIONS = ("relu", "prelu", "silu", "gelu", "relu6")
 NORMALIZATION_PATTERN = r"^(batch|instance|layer|group\([1-9][0-9]*\))$"
 Normalization = Annotated[
     str,
@@ -40,8 +40,10 @@ Normalization = Annotated[
     ),
 ]
 Activation = Annotated[
-    Literal["relu", "prelu", "silu", "gelu"],
-    Field(description="every activation of the network (prelu: one learned slope)"),
+    Literal["relu", "prelu", "silu", "gelu", "relu6"],
+    Field(
+        description="every activation of the network (prelu: one learned slope; relu6: HarDNet's, min(max(0, x), 6))"
+    ),
 ]
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -60,6 +62,8 @@ class Node(BaseModel):
 
     # fields given only by name: switches whose meaning a bare `true` would hide
     keyword_only: ClassVar[tuple[str, ...]] = ()
+    # fields that take a user-defined layer, expanded by the caller of the evaluator (dsl/layers.py)
+    layer_fields: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def argument_names(cls) -> list[str]:
@@ -83,8 +87,48 @@ class Conv(Node):
     kernel: Size = Field(description="the kernel size: `3` or `3x3` (one size per spatial dimension)")
     channels: PositiveInt = Field(description="the number of output channels, > 0")
     stride: Size = Field(default=1, description="the stride, > 0")
-    padding: NonNegativeSize | None = Field(default=None, description="zero padding; by default kernel // 2")
+    padding: NonNegativeSize | None = Field(
+        default=None, description="zero padding; by default dilation * (kernel - 1) // 2, which keeps the size"
+    )
+    dilation: Size = Field(default=1, description="the spacing of the kernel's taps, > 0")
+    groups: PositiveInt = Field(
+        default=1, description="split input and output channels into this many groups, each convolved alone"
+    )
     bias: bool = Field(default=False, description="whether the convolution adds a learned bias per channel")
+
+
+class DWConv(Node):
+    """A depthwise convolution: one filter per channel (groups = channels), the channels kept."""
+
+    kind: Literal["dwconv"] = "dwconv"
+    keyword_only = ("bias",)
+    kernel: Size = Field(default=3, description="the kernel size: `3` or `3x3`")
+    stride: Size = Field(default=1, description="the stride, > 0")
+    padding: NonNegativeSize | None = Field(default=None, description="zero padding; by default kernel // 2")
+    dilation: Size = Field(default=1, description="the spacing of the kernel's taps, > 0")
+    bias: bool = Field(default=False, description="whether the convolution adds a learned bias per channel")
+
+
+class Shuffle(Node):
+    """Channel shuffle (ShuffleNet, CondenseNet): interleave `groups` groups of channels."""
+
+    kind: Literal["shuffle"] = "shuffle"
+    groups: PositiveInt = Field(description="the number of groups of channels, > 0, dividing the channels")
+
+
+class SqueezeExcite(Node):
+    """Squeeze-and-excitation (Hu et al. 2018): global pooling, a 1x1 conv to ratio·C channels, ReLU, a
+    1x1 conv back to C, a sigmoid, and the input scaled by it per channel (both convs with bias)."""
+
+    kind: Literal["se"] = "se"
+    ratio: float = Field(default=0.25, gt=0.0, le=1.0, description="the squeezed width as a fraction of the channels")
+
+
+class EffectiveSqueezeExcite(Node):
+    """VoVNet-v2's effective SE (Lee and Park 2020): global pooling, one 1x1 conv (C to C, bias), a hard
+    sigmoid, and the input scaled by it per channel."""
+
+    kind: Literal["ese"] = "ese"
 
 
 class Norm(Node):
@@ -106,9 +150,11 @@ class Act(Node):
 class Pool(Node):
     """A pooling window: what max and average pooling share."""
 
+    keyword_only = ("ceil",)
     kernel: Size = Field(description="the window size, > 0")
     stride: Size | None = Field(default=None, description="the stride; by default the window size")
     padding: NonNegativeSize = Field(default=0, description="padding, at most half the window")
+    ceil: bool = Field(default=False, description="round the output size up, as VoVNet's pools (ceil_mode)")
 
 
 class MaxPool(Pool):
@@ -140,6 +186,59 @@ class Dropout(Node):
     p: Rate = 0.0
 
 
+class Connectivity(BaseModel):
+    """Which earlier feature maps each layer of a dense block reads, and which the block returns: a value
+    of the language (`all`, `window(3)`, `harmonic(1.7)`, ...). Index 0 is the block's input, i the
+    new maps of layer i. The compiler draws exactly these edges; shapes and counts follow them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["all", "window", "exponential", "harmonic", "aggregate", "partial"] = "all"
+    value: float | None = Field(default=None, description="window(n): n; harmonic(m): m; partial(r): r")
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}({self.value:g})"
+
+    def links(self, i: int) -> list[int]:
+        """The features layer i (from 1) reads, in the order they are concatenated."""
+        if self.kind == "window":
+            return list(range(max(0, i - int(self.value or 1)), i))
+        if self.kind == "exponential":  # SparseNet (Zhu et al. 2018): offsets 1, 2, 4, 8, ...
+            return sorted({i - 2**n for n in range(i.bit_length()) if i - 2**n >= 0})
+        if self.kind == "harmonic":  # HarDNet (Chao et al. 2019): k - 2^n whenever 2^n divides k, nearest first
+            return [i - 2**n for n in range(i.bit_length()) if i % 2**n == 0]
+        if self.kind == "aggregate":  # VoVNet: each layer its predecessor alone
+            return [i - 1]
+        return list(range(i))
+
+    def width(self, i: int, growth: int) -> int:
+        """Layer i's new channels: the growth rate, or HarDNet's growth·m^(links - 1) made even."""
+        if self.kind != "harmonic":
+            return growth
+        out: float = growth
+        for _ in self.links(i)[1:]:
+            out *= self.value or 1.0
+        return int(int(out + 1) / 2) * 2  # as HarDNet's code rounds it
+
+    def outputs(self, layers: int, concat_input: bool) -> list[int]:
+        """The features the block concatenates into its output (0, its input, only with `concat_input`)."""
+        if self.kind == "harmonic":  # the odd layers and the last
+            out = [i for i in range(1, layers + 1) if i % 2 == 1 or i == layers]
+        elif self.kind in ("window", "exponential"):  # what a next layer would read
+            out = [j for j in self.links(layers + 1) if j > 0]
+            if 0 in self.links(layers + 1) and concat_input:
+                out = [0, *out]
+            return out
+        else:
+            out = list(range(1, layers + 1))
+        return [0, *out] if concat_input else out
+
+
+CONNECTIVITY_HELP = (
+    "all (DenseNet), window(n) (the last n), exponential (SparseNet: offsets 1, 2, 4, ...), harmonic(m) "
+    "(HarDNet), aggregate (VoVNet's one-shot aggregation) or partial(r) (CSPNet: r of the channels bypass)"
+)
+
+
 class Classifier(Node):
     """The paper's head: BN-ReLU-global average pool-Linear (with bias)."""
 
@@ -147,8 +246,46 @@ class Classifier(Node):
     classes: PositiveInt = Field(description="the number of classes, > 0")
 
 
+class Branches(Node):
+    """Parallel branches over the same input, joined by concatenating or adding their outputs
+    (`concat { ... } { ... }`, `add { } { ... }`; an empty branch passes its input through)."""
+
+    kind: Literal["concat", "add"]
+    branches: list[list[LayerOp]] = Field(min_length=2)
+
+
+class Composite(Node):
+    """A user-defined layer (`layer NAME(...) { ... }`) as called: its arguments bound, its body expanded."""
+
+    kind: Literal["layer"] = "layer"
+    name: str = Field(description="the layer's name in the spec")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="the values of its parameters")
+    ops: list[LayerOp]
+
+
+LayerOp = Annotated[
+    Conv
+    | DWConv
+    | Norm
+    | ReLU
+    | Act
+    | MaxPool
+    | AvgPool
+    | BlurPool
+    | Dropout
+    | Shuffle
+    | SqueezeExcite
+    | EffectiveSqueezeExcite
+    | Branches
+    | Composite,
+    Field(discriminator="kind"),
+]
+Branches.model_rebuild()
+Composite.model_rebuild()
+
 StemOp = Annotated[
-    Conv | Norm | ReLU | Act | MaxPool | AvgPool | BlurPool | StemBlock | Dropout, Field(discriminator="kind")
+    Conv | Norm | ReLU | Act | MaxPool | AvgPool | BlurPool | StemBlock | Dropout | Composite,
+    Field(discriminator="kind"),
 ]
 
 
@@ -176,7 +313,8 @@ class DenseBlock(Node):
     """Layers each fed the concatenation of all earlier feature maps, each adding `growth` channels."""
 
     kind: Literal["dense"] = "dense"
-    keyword_only = ("bias", "concat_input", "two_way")
+    keyword_only = ("bias", "concat_input", "two_way", "connect", "layer", "fuse", "residual")
+    layer_fields = ("layer", "fuse")
     layers: PositiveInt = Field(
         le=MAX_LAYERS_PER_BLOCK, description=f"the number of layers in the block, 1 to {MAX_LAYERS_PER_BLOCK}"
     )
@@ -197,6 +335,21 @@ class DenseBlock(Node):
         default=False,
         description="PeleeNet's two-way dense layer: a 1x1-3x3 branch and a 1x1-3x3-3x3 branch of growth/2 "
         "channels each, Conv-BN-activation; `bottleneck` is then PeleeNet's bottleneck width",
+    )
+    connect: Connectivity = Field(
+        default_factory=Connectivity, description="which earlier feature maps each layer reads: " + CONNECTIVITY_HELP
+    )
+    layer: list[Composite] | None = Field(
+        default=None,
+        description="a user-defined layer H_l instead of the built-in one, e.g. `layer = bottleneck_se(growth)`; "
+        "a layer with a parameter `growth` left unset gets each layer's width from the block",
+    )
+    fuse: Composite | None = Field(
+        default=None,
+        description="a user-defined layer applied to the block's output, e.g. VoVNet's 1x1 aggregation conv",
+    )
+    residual: bool = Field(
+        default=False, description="add the block's input to its output (after `fuse`), as VoVNet-v2 and RDN do"
     )
 
 
@@ -259,7 +412,8 @@ class Head(Node):
 
 
 Part = Annotated[
-    Stem | DenseBlock | Transition | TransitionDown | TransitionUp | Keep | Head, Field(discriminator="kind")
+    Stem | DenseBlock | Transition | TransitionDown | TransitionUp | Keep | Composite | Head,
+    Field(discriminator="kind"),
 ]
 
 
@@ -301,6 +455,24 @@ class Network(Node):
 STEM_OPS: dict[str, type[Node]] = {
     m.model_fields["kind"].default: m for m in (Conv, Norm, ReLU, Act, MaxPool, AvgPool, BlurPool, StemBlock, Dropout)
 }
+LAYER_OPS: dict[str, type[Node]] = {
+    m.model_fields["kind"].default: m
+    for m in (
+        Conv,
+        DWConv,
+        Norm,
+        ReLU,
+        Act,
+        MaxPool,
+        AvgPool,
+        BlurPool,
+        Dropout,
+        Shuffle,
+        SqueezeExcite,
+        EffectiveSqueezeExcite,
+    )
+}
+JOINS = ("concat", "add")  # how parallel branches in a layer are joined
 HEAD_OPS: dict[str, type[Node]] = {
     m.model_fields["kind"].default: m for m in (Classifier, PixelClassifier, LinearClassifier)
 }

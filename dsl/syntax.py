@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from lark import Lark, Token, Transformer_NonRecursive, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 from lark.tree import Meta
 
 from . import ast
@@ -22,6 +22,7 @@ _TERMINAL_WORDS = {
     "FLOAT": "a number",
     "DIMS": "a size such as `3x3`",
     "STRING": 'a quoted file name such as "densenet_bc.dnet"',
+    "COMPARE": "a comparison such as `==` or `<`",
     "$END": "the end of the file",
 }
 _EXPRESSION_START = {"INT", "FLOAT", "DIMS", "NAME", "LPAR", "LSQB", "MINUS", "PLUS", "NONE", "TRUE", "FALSE"}
@@ -125,7 +126,20 @@ class ToAst(Transformer_NonRecursive):
         return ast.Name(str(c[0]), self._s(meta))
 
     def function(self, meta: Meta, c: list) -> ast.Function:
-        return ast.Function(str(c[0]), tuple(x for x in c[1:] if x is not None), self._s(meta), self._s(c[0]))
+        args = c[1] or ()
+        keywords = tuple(a for a in args if a.name is not None)
+        positional = [a for a in args if a.name is None]
+        if keywords and positional and args.index(positional[-1]) > args.index(keywords[0]):
+            late = next(a for a in args[args.index(keywords[0]) :] if a.name is None)
+            raise DnetError(
+                "a positional argument cannot follow a keyword argument",
+                late.span,
+                source=self.source,
+                help="give it by name: `name = value`",
+            )
+        return ast.Function(
+            str(c[0]), tuple(a.value for a in positional), self._s(meta), self._s(c[0]), keywords=keywords
+        )
 
     def list(self, meta: Meta, c: list) -> ast.ListExpr:
         return ast.ListExpr(tuple(x for x in c if x is not None), self._s(meta))
@@ -167,6 +181,21 @@ class ToAst(Transformer_NonRecursive):
 
     def mod(self, meta: Meta, c: list) -> ast.BinOp:
         return self._binop("%", meta, c)
+
+    def compare(self, meta: Meta, c: list) -> ast.BinOp:
+        return self._binop(str(c[1]), meta, [c[0], c[2]])
+
+    def and_(self, meta: Meta, c: list) -> ast.BinOp:
+        return self._binop("and", meta, c)
+
+    def or_(self, meta: Meta, c: list) -> ast.BinOp:
+        return self._binop("or", meta, c)
+
+    def not_(self, meta: Meta, c: list) -> ast.Unary:
+        return ast.Unary("not", c[0], self._s(meta))
+
+    def if_else(self, meta: Meta, c: list) -> ast.IfElse:
+        return ast.IfElse(c[0], c[1], c[2], self._s(meta))
 
     # ---- statements
     def keyword(self, meta: Meta, c: list) -> ast.Argument:
@@ -221,6 +250,15 @@ class ToAst(Transformer_NonRecursive):
     def parameters(self, meta: Meta, c: list) -> tuple[ast.Parameter, ...]:
         return tuple(p for p in c if p is not None)
 
+    def layer_def(self, meta: Meta, c: list) -> ast.LayerDef:
+        return ast.LayerDef(str(c[0]), c[1] or (), tuple(c[2:]), self._s(meta), self._s(c[0]))
+
+    def branch(self, meta: Meta, c: list) -> tuple:
+        return tuple(c)
+
+    def branches(self, meta: Meta, c: list) -> ast.Branches:
+        return ast.Branches(str(c[0]), tuple(c[1:]), self._s(meta), self._s(c[0]))
+
     def network_def(self, meta: Meta, c: list) -> ast.NetworkDef:
         return ast.NetworkDef(str(c[0]), c[1] or (), c[2], self._s(meta), self._s(c[0]))
 
@@ -235,7 +273,12 @@ class ToAst(Transformer_NonRecursive):
     def start(self, meta: Meta, c: list) -> ast.Module:
         module = ast.Module(self.file, self.source)
         for item in c:
-            (module.uses if isinstance(item, ast.Use) else module.networks).append(item)
+            if isinstance(item, ast.Use):
+                module.uses.append(item)
+            elif isinstance(item, ast.LayerDef):
+                module.layers.append(item)
+            else:
+                module.networks.append(item)
         return module
 
 
@@ -254,7 +297,12 @@ def _parse(text: str, file: str, start: str):
         tree = parser().parse(text, start=start)
     except UnexpectedInput as e:
         raise _syntax_error(e, text, file) from None
-    return ToAst(file, text).transform(tree)
+    try:
+        return ToAst(file, text).transform(tree)
+    except VisitError as e:  # a diagnostic raised while building the tree
+        if isinstance(e.orig_exc, DnetError):
+            raise e.orig_exc from None
+        raise
 
 
 def _syntax_error(e: UnexpectedInput, text: str, file: str) -> DnetError:

@@ -97,13 +97,14 @@ def summary(
     print(report.CONVENTION, file=out)
     print(file=out)
     print(report.memory_table(g, batch, dtype, lowering), file=out)
-    fallbacks: dict[str, list[str]] = {}
+    fallbacks: dict[tuple[str, str | None], list[str]] = {}
     for name, module in model.named_modules():
-        reason = module.fallback() if hasattr(module, "fallback") else None
+        # a lowering's own block says why it falls back; a block the emitter made naive instead says it too
+        reason = module.fallback() if hasattr(module, "fallback") else getattr(module, "fallback_reason", None)
         if reason:
-            fallbacks.setdefault(reason, []).append(name.rsplit(".", 1)[-1])
-    for reason, names in fallbacks.items():
-        instead = LOWERINGS[lowering].falls_back
+            instead = getattr(module, "runs_as", None) or LOWERINGS[lowering].falls_back
+            fallbacks.setdefault((reason, instead), []).append(name.rsplit(".", 1)[-1])
+    for (reason, instead), names in fallbacks.items():
         print(f"\nThe {lowering} lowering runs {', '.join(names)} as {instead}: {reason}.", file=out)
     if weights:
         print(f"\nWeights: {loaded} tensors from {weights}, every one matched.", file=out)

@@ -65,7 +65,36 @@ PIECES = [
     "3x3x3",
     "é",
     "\x00",
+    "layer",
+    "concat",
+    "add",
+    "if",
+    "else",
+    "and",
+    "not",
+    "==",
+    "<",
+    "connect = harmonic(1.7)",
+    "connect = window(2)",
+    "connect = partial(0.5)",
+    "aggregate",
+    "exponential",
+    "layer = ",
+    "fuse = ",
+    "residual = true",
+    "groups = 3",
+    "dwconv",
+    "se(0.25)",
+    "shuffle(2)",
 ]
+
+# layers of the generated specs' own: branches, depthwise convs, squeeze-excitation
+GENERATED_LAYERS = """layer gen_plain(growth) { norm act conv(3, growth) }
+layer gen_branches(growth, width = 2) { norm act conv(1, width * growth) concat { conv(3, growth) } { dwconv norm } }
+layer gen_residual(growth) { conv(1, growth) norm act add { } { dwconv norm act } se(0.5) }
+"""
+CONNECTIVITIES = ["all", "window(2)", "exponential", "harmonic(1.6)", "aggregate"]
+LAYER_CHOICES = ["", "gen_plain", "gen_branches", "gen_residual"]
 
 
 def mutate(text: str, rng: random.Random) -> str:
@@ -128,7 +157,8 @@ def specs(draw: st.DrawFn) -> str:
     """Valid specs of every dimension, normalisation, activation and block layout, small enough to run."""
     rank = draw(st.integers(1, 3))
     size = draw(st.sampled_from([8, 12, 16]) if rank < 3 else st.just(8))
-    lines = ["network generated {", f"    input {draw(st.integers(1, 4))} x " + " x ".join([str(size)] * rank)]
+    lines = [*GENERATED_LAYERS.splitlines(), "network generated {"]
+    lines.append(f"    input {draw(st.integers(1, 4))} x " + " x ".join([str(size)] * rank))
     lines.append(f"    normalization {draw(st.sampled_from(['batch', 'layer', 'group(1)']))}")
     lines.append(f"    activation {draw(st.sampled_from(['relu', 'prelu', 'silu', 'gelu']))}")
     lines.append(f"    stem conv({draw(st.sampled_from([1, 3]))}, {draw(st.integers(4, 16))})")  # θ=0.3 keeps >= 1
@@ -136,9 +166,12 @@ def specs(draw: st.DrawFn) -> str:
     for b in range(blocks):
         bottleneck = draw(st.sampled_from(["none", "1", "2", "4"]))
         dropout = draw(st.sampled_from(["0", "0.2"]))
+        connect = draw(st.sampled_from([*CONNECTIVITIES, "partial(0.5)"] if b == 0 else CONNECTIVITIES))
+        layer = draw(st.sampled_from(LAYER_CHOICES))
+        extra = f", connect = {connect}" + (f", layer = {layer}" if layer else "")
         lines.append(
             f"    dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 12))}, bottleneck = {bottleneck}, "
-            f"dropout = {dropout})"
+            f"dropout = {dropout}{extra})"
         )
         if b < blocks - 1:
             lines.append(f"    transition(compression = {draw(st.sampled_from(['0.5', '1', '0.75', '0.3']))})")

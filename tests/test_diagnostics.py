@@ -199,7 +199,7 @@ CASES = [
         'use densenet_bcc from "densenet_bc.dnet"\nnetwork a = densenet_bcc()',
         1,
         5,
-        "defines no network `densenet_bcc`",
+        "defines no network or layer `densenet_bcc`",
         "did you mean `densenet_bc`?",
     ),
     (

@@ -11,6 +11,7 @@ import dsl
 from compiler.emit import emit
 from compiler.export import onnx
 
+from .test_families import SPECS, network
 from .test_memory import reduced
 from .test_source import VOLUME
 
@@ -41,8 +42,24 @@ def outputs_agree(path, model, shape) -> float:
         reduced("fc_densenet103"),
         dsl.load("peleenet", blocks=[1, 1, 1, 1], size=64),
         dsl.load("densenet_bc", depth=16, norm="group(4)", act="silu"),
+        reduced("hardnet39ds"),
+        reduced("ese_vovnet19b_dw"),
+        network(SPECS["custom_layers"]),
+        network(SPECS["exponential_partial"]),
     ],
-    ids=["densenet_bc", "densenet121", "3d", "figure1", "fc_densenet", "peleenet", "groupnorm-silu"],
+    ids=[
+        "densenet_bc",
+        "densenet121",
+        "3d",
+        "figure1",
+        "fc_densenet",
+        "peleenet",
+        "groupnorm-silu",
+        "hardnet",
+        "vovnet",
+        "own-layers",
+        "partial",
+    ],
 )
 def test_onnx_matches_the_module_at_any_batch(network, tmp_path):
     g = compiler.build_graph(network)

@@ -15,6 +15,8 @@ from compiler.lowerings import LOWERINGS as LOWERING_NAMES
 from compiler.memory import choose_lowering
 from compiler.modules import DenseLayer
 
+from .fuzzing import CONNECTIVITIES, GENERATED_LAYERS, LAYER_CHOICES
+
 LOWERINGS = ("checkpoint", "shared", "fused")
 # fused's arithmetic is naive's in another order (statistics once, BN folded into a scale and shift), so
 # at float32 a ReLU whose input rounds across zero may flip, and with it a gradient: it is held to naive
@@ -28,12 +30,23 @@ REDUCED = {
     "densenet_bc": {"depth": 16, "size": 16},
     "densenet_imagenet": {"blocks": [2, 2, 2, 2], "size": 64},
     "fc_densenet": {"down": [2, 2], "middle": 2, "up": [2, 2], "size": 16},
+    "hardnet": {
+        "stem": [8, 12],
+        "growth": [4, 6],
+        "blocks": [4, 3],
+        "widths": [16, 20],
+        "stages": [[0], [1]],
+        "drops": [0, 0.1],
+        "size": 16,
+    },
+    "vovnet": {"stem": [8, 8, 12], "mid": [6, 8], "out": [12, 16], "layers": 3, "blocks": [1, 2], "size": 16},
 }
 
 
 def reduced(name: str) -> dsl.Network:
     net = dsl.load(name)
-    family = next((f for f in REDUCED if set(REDUCED[f]) <= set(net.parameters)), None)
+    matching = [f for f in REDUCED if set(REDUCED[f]) <= set(net.parameters)]
+    family = max(matching, key=lambda f: len(REDUCED[f]), default=None)  # the family that fits it best
     if family is None:
         return net  # figure1 is small already
     settings = dict(REDUCED[family])
@@ -107,12 +120,17 @@ def test_lowerings_equal_naive_with_dropout(name):
 
 @st.composite
 def small_specs(draw) -> dsl.Network:
-    lines = [f"network n {{ input 2 x {draw(st.sampled_from([4, 8, 12]))} x 8", "stem conv(3, 6)"]
+    lines = [*GENERATED_LAYERS.splitlines(), f"network n {{ input 2 x {draw(st.sampled_from([4, 8, 12]))} x 8"]
+    lines.append("stem conv(3, 6)")
     blocks = draw(st.integers(1, 3))
     for b in range(blocks):
         bottleneck = draw(st.sampled_from(["none", "1", "2", "4"]))
         dropout = draw(st.sampled_from(["0", "0.2"]))
-        lines.append(f"dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 6))}, {bottleneck}, {dropout})")
+        # mostly DenseNet's own blocks (the lowerings' subject), some of the other connectivities and layers
+        connect = draw(st.sampled_from(["all"] * 4 + CONNECTIVITIES[1:]))
+        layer = draw(st.sampled_from([""] * 3 + LAYER_CHOICES[1:]))
+        extra = f", connect = {connect}" + (f", layer = {layer}" if layer else "")
+        lines.append(f"dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 6))}, {bottleneck}, {dropout}{extra})")
         if b < blocks - 1:
             lines.append(f"transition({draw(st.sampled_from(['0.5', '1', '0.7']))}, {dropout})")
     if draw(st.booleans()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 import compiler
 import dsl
 from compiler.emit import emit
-from compiler.source import python_source
+from compiler.source import SourceError, _tree_only, python_source
 from runtime import checkpoint
 
 from .test_memory import REDUCED, assert_same, reduced, step
@@ -68,7 +69,14 @@ def check_equal(network: dsl.Network, folder: Path, memory_efficient: bool) -> N
     torch.manual_seed(0)
     reference = emit(g, "naive").double()
     module = load_source(python_source(g), folder, f"emitted_{network.name}_{memory_efficient}")
-    model = module.DenseNet(memory_efficient=memory_efficient).double()
+    if _tree_only(g):  # the spec's own layers: the modules' tree, which runs as naive
+        if memory_efficient:
+            with pytest.raises(SourceError, match="they run naive"):
+                python_source(g, memory_efficient=True)
+            return
+        model = module.DenseNet().double()
+    else:
+        model = module.DenseNet(memory_efficient=memory_efficient).double()
     assert list(model.state_dict()) == list(reference.state_dict())
     model.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(3, *g.nodes["input"]["shape"], dtype=torch.float64)
@@ -198,3 +206,22 @@ def test_cli_refuses_an_unknown_emit_format(dnetc):
     result = dnetc("densenet_bc", "--emit", "java")
     assert result.returncode == 2
     assert "python" in result.stderr
+
+
+def test_source_of_the_specs_own_layers_copies_the_blocks_and_is_ruff_clean(tmp_path):
+    """Networks of the spec's own layers are written as the emitted tree, dnetc's blocks copied from
+    compiler/modules.py (their layout, line length 120, kept): ruff-clean, and equal to the compiled."""
+    from compiler import modules
+
+    files = []
+    for name in ("ese_vovnet19b_dw", "hardnet39ds"):
+        g = compiler.build_graph(reduced(name))
+        text = python_source(g)
+        assert inspect.getsource(modules.Branches if "class Branches" in text else modules.Layer) in text
+        (tmp_path / f"{name}.py").write_text(text)
+        files.append(str(tmp_path / f"{name}.py"))
+    rules = ["--isolated", "--line-length", "120", "--select", "E,F,W,I,B,UP,SIM,RUF"]
+    lint = subprocess.run([*RUFF, "check", *rules, *files], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    fmt = subprocess.run([*RUFF, "format", "--check", "--diff", *rules[:3], *files], capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
