@@ -19,6 +19,8 @@ from .modules import (
     Features,
     GlobalAvgPool,
     Layer,
+    LearnedGroupConv,
+    Select,
     SqueezeExcite,
     StemBlock,
     Transition,
@@ -91,6 +93,8 @@ FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
     "shuffle": lambda node, c_in, rank: nn.ChannelShuffle(node["args"]["groups"]),
     "se": lambda node, c_in, rank: SqueezeExcite(c_in, node["args"]["width"], rank),
     "ese": lambda node, c_in, rank: EffectiveSqueezeExcite(c_in, rank),
+    "lgconv": lambda node, c_in, rank: LearnedGroupConv(c_in, node["shape"][0], **node["args"]["learned"], rank=rank),
+    "select": lambda node, c_in, rank: Select(c_in, node["shape"][0]),
 }
 
 # The module made at each container path of the graph (its `containers`), by kind; `dense` is the

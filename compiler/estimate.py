@@ -49,7 +49,7 @@ def _saves(g: nx.DiGraph, n: str, batch: int, size: int, device: str) -> tuple[l
     node = g.nodes[n]
     op = node["op"]
     ins = _inputs(g, n)
-    if op in ("conv", "avgpool", "linear"):
+    if op in ("conv", "lgconv", "avgpool", "linear"):
         return [_storage(g, ins[0])], 0
     if op == "norm":  # the input, and the mean and inverse std (kept in float32 at least)
         kind = node["args"]["kind"]

@@ -51,6 +51,8 @@ OP_NAMES: dict[str, str] = {
     "shuffle": "shuffle",
     "se": "se",
     "ese": "ese",
+    "lgconv": "lgconv",
+    "select": "select",
     "concat": "concat",
     "add": "add",
 }
@@ -231,6 +233,12 @@ class _Builder:
             return {**out, "ceil": True} if op.ceil else out
         if isinstance(op, spec.Shuffle):
             return {"groups": op.groups}
+        if isinstance(op, spec.LearnedGroupConv):  # a 1x1 conv, each group learning which inputs it reads
+            one, zero = (1,) * self.rank, (0,) * self.rank
+            learned = {"groups": op.groups, "condense": op.condense, "lasso": op.lasso}
+            return {"channels": op.channels, "kernel": one, "stride": one, "padding": zero, "learned": learned}
+        if isinstance(op, spec.Select):
+            return {"fraction": op.fraction}
         if isinstance(op, spec.SqueezeExcite):
             return {"ratio": op.ratio}
         if isinstance(op, spec.Dropout):
@@ -450,6 +458,8 @@ class _Builder:
             self.chain(f"{ROOT}.norm{n}", "norm", "head", op.span, **self.norm)
             self.chain(f"{ROOT}.relu{n}", "act", "head", op.span, **self.act)
             self.chain(f"{ROOT}.pool{n}", "global_pool", "head", op.span)
+            if op.keep < 1:  # CondenseNet's converted classifier: the features the conversion kept
+                self.chain(f"{ROOT}.select{n}", "select", "head", op.span, fraction=op.keep)
             self.chain("classifier", "linear", "head", op.span, channels=op.classes)
 
 

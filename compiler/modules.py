@@ -204,6 +204,74 @@ class Features(nn.Sequential):
         return x
 
 
+class LearnedGroupConv(nn.Module):
+    """CondenseNet's learned group convolution in its training form (Huang et al. 2018): a 1x1 conv whose
+    weight is masked. Output o is in group o mod G; `schedule(progress)` prunes 1/C of each group's inputs
+    (the weakest by L1 norm) at each of C - 1 stages in the first half of training, and `penalty()` is
+    its group lasso. The trainer calls both; compiler/condense.py converts it to a group conv."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, groups: int, condense: int, lasso: float = 0.0, rank: int = 2
+    ) -> None:
+        super().__init__()
+        self.groups, self.condense, self.lasso, self.rank = groups, condense, lasso, rank
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *(1,) * rank))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.register_buffer("mask", torch.ones_like(self.weight))
+        self.register_buffer("stage", torch.zeros((), dtype=torch.long))
+        self._stage: int | None = None  # the buffer's value on the host, read once
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (F.conv1d, F.conv2d, F.conv3d)[self.rank - 1](x, self.weight * self.mask.to(self.weight.dtype))
+
+    def schedule(self, progress: float) -> None:
+        """Reach the stage that the progress of training (0 to 1) calls for: stage i once 2·progress >=
+        i / (C - 1), so that condensing ends halfway; each stage reached prunes once."""
+        target = next(
+            (i for i in range(self.condense - 1) if 2 * progress < (i + 1) / (self.condense - 1)), self.condense - 1
+        )
+        if self._stage is None:
+            self._stage = int(self.stage)
+        with torch.no_grad():
+            while self._stage < target:
+                self._prune(self.weight.shape[1] // self.condense)
+                self._stage += 1
+                self.stage.fill_(self._stage)
+
+    def _prune(self, delta: int) -> None:
+        """Zero the `delta` weakest inputs still read by each group (L1 norm over the group's outputs)."""
+        strength = (self.weight * self.mask).abs().flatten(2).sum(2)
+        for g in range(self.groups):
+            dropped = int((self.mask[g].flatten() == 0).sum())
+            order = strength[g :: self.groups].sum(0).sort(stable=True).indices
+            self.mask[g :: self.groups, order[dropped : dropped + delta]] = 0
+
+    def penalty(self) -> Tensor:
+        """λ · Σ over groups and inputs of the L2 norm of the group's weights on that input, until the
+        last stage but one (device ops only: a CUDA graph holds it)."""
+        out, inputs = self.weight.shape[:2]
+        w = (self.weight * self.mask).flatten(1).pow(2).view(out // self.groups, self.groups, inputs).sum(0)
+        active = (self.stage < self.groups - 1).to(w.dtype)
+        return self.lasso * active * w.clamp_min(1e-6).sqrt().sum()
+
+    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
+        self._stage = None  # read the loaded stage again
+
+
+class Select(nn.Module):
+    """An index-select of channels (CondenseNet's converted layers): the `index` buffer, set by the
+    conversion, says which input channels in which order."""
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.register_buffer("index", torch.arange(channels) % in_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.index_select(1, self.index)
+
+
 class GlobalAvgPool(nn.Module):
     """Average over every spatial dimension, whatever their number: (N, C, *S) -> (N, C)."""
 

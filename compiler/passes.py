@@ -146,6 +146,31 @@ def _linear(node: dict, ins: list[Shape]) -> Shape:
     return (node["args"]["channels"],)
 
 
+def _learned(node: dict, ins: list[Shape]) -> Shape:
+    """A learned group conv: its G groups of outputs each keep 1/C of the inputs, so both divide evenly."""
+    (shape,) = ins
+    a = node["args"]
+    g, c = a["learned"]["groups"], a["learned"]["condense"]
+    for what, n, by in (("output", a["channels"], g), ("input", shape[0], c)):
+        if n % by:
+            raise DnetError(
+                f"a learned group convolution in {g} groups with condensation {c} needs {what} channels "
+                f"divisible by {by}, but it has {n}",
+                node["span"],
+                label=f"{n} channels here",
+                help=f"choose {'groups' if what == 'output' else 'a condensation factor'} that divides {n}",
+            )
+    return (a["channels"], *shape[1:])
+
+
+def _select(node: dict, ins: list[Shape]) -> Shape:
+    (shape,) = ins
+    n = math.floor(node["args"]["fraction"] * shape[0])
+    if n < 1:
+        raise DnetError(f"select({node['args']['fraction']:g}) of {shape[0]} channels selects none", node["span"])
+    return (n, *shape[1:])
+
+
 def _shuffle(node: dict, ins: list[Shape]) -> Shape:
     (shape,) = ins
     groups = node["args"]["groups"]
@@ -214,6 +239,8 @@ SHAPE_RULES: dict[str, Callable[[dict, list[Shape]], Shape]] = {
     "linear": _linear,
     "concat": _concat,
     "shuffle": _shuffle,
+    "lgconv": _learned,
+    "select": _select,
     "se": _squeeze,
     "ese": _squeeze,
     "slice": _slice,
@@ -224,7 +251,7 @@ SHAPE_RULES: dict[str, Callable[[dict, list[Shape]], Shape]] = {
 def count(node: dict, ins: list[Shape], out: Shape) -> tuple[int, int]:
     """(parameters, multiply-adds) of one node for one sample, in torchinfo's convention."""
     op = node["op"]
-    if op in ("conv", "conv_transpose"):
+    if op in ("conv", "conv_transpose", "lgconv"):  # a learned group conv trains every weight (masked)
         a = node["args"]
         params = ins[0][0] // a.get("groups", 1) * out[0] * math.prod(a["kernel"]) + (out[0] if a.get("bias") else 0)
         positions = a["full"] if op == "conv_transpose" else out[1:]  # torchinfo sees the uncropped output

@@ -89,6 +89,12 @@ def _own(m: nn.Module) -> tuple[str, list[str]]:
         return name, [str(m.fc1.in_channels), str(m.fc1.out_channels), f"rank={m.fc1.weight.dim() - 2}"]
     if isinstance(m, modules.EffectiveSqueezeExcite):
         return name, [str(m.fc.in_channels), f"rank={m.fc.weight.dim() - 2}"]
+    if isinstance(m, modules.LearnedGroupConv):
+        out, inputs = m.weight.shape[:2]
+        args = [str(inputs), str(out), str(m.groups), str(m.condense), repr(m.lasso), f"rank={m.rank}"]
+        return name, args
+    if isinstance(m, modules.Select):
+        return name, [str(m.in_channels), str(len(m.index))]
     return name, []
 
 

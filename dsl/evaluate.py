@@ -519,7 +519,16 @@ def bind_call(
         raise DnetError(
             f"unknown operation `{call.op}` in {where}" if not elsewhere else f"`{call.op}` is not allowed in {where}",
             call.op_span,
-            help=(f"`{call.op}` belongs in {elsewhere}" if elsewhere else None)
+            help=(
+                f"`{call.op}` belongs in {elsewhere}"
+                + (
+                    f", or in a layer of your own that the body calls: `layer pool {{ {call.op}(...) }}`"
+                    if call.op in spec.LAYER_OPS and ops is spec.BODY_OPS
+                    else ""
+                )
+                if elsewhere
+                else None
+            )
             or did_you_mean(call.op, ops)
             or "here you can use " + ", ".join(f"`{o}`" for o in ops),
         )

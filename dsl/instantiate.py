@@ -175,6 +175,16 @@ class _Body:
             return expand(call_value(call, scope))
         deferred: dict[str, tuple[Any, ast.Argument]] = {}
         node = bind_call(call, spec.BODY_OPS, scope, "the network body", deferred)
+        if "layer" in deferred:  # the built-in layer's settings mean nothing to a layer of one's own
+            names = spec.DenseBlock.positional_names()
+            for i, arg in enumerate(call.args):
+                name = arg.name or (names[i] if i < len(names) else None)
+                if name in ("bottleneck", "dropout", "bias"):
+                    raise DnetError(
+                        f"`{name}` shapes the built-in dense layer, and this block's layer is `layer = ...`",
+                        arg.span,
+                        help=f"give the layer its own {name}: in its definition or as its argument",
+                    )
         return self.dense_layers(node, deferred) if deferred else node
 
     @staticmethod

@@ -109,6 +109,28 @@ class DWConv(Node):
     bias: bool = Field(default=False, description="whether the convolution adds a learned bias per channel")
 
 
+class LearnedGroupConv(Node):
+    """CondenseNet's learned group convolution (Huang et al. 2018), a 1x1 conv in its training form: during
+    the first half of training it prunes 1/C of each group's input channels at each of C - 1 stages (the
+    weakest by L1 norm), so that each of the G groups of outputs ends up reading 1/C of the inputs; a
+    group-lasso term of weight `lasso` joins the loss until then. `dnetc SPEC --condense` converts it."""
+
+    kind: Literal["lgconv"] = "lgconv"
+    keyword_only = ("lasso",)
+    channels: PositiveInt = Field(description="the number of output channels, a multiple of `groups`")
+    groups: PositiveInt = Field(default=4, description="the groups G of output channels, each learning its inputs")
+    condense: int = Field(default=4, ge=2, description="the condensation factor C: each group keeps 1/C of the inputs")
+    lasso: float = Field(default=0.0, ge=0.0, description="the group-lasso coefficient λ added to the loss")
+
+
+class Select(Node):
+    """An index-select of the input channels (CondenseNet's converted layers): `fraction` of them, in an
+    order learned in training and set by the conversion (a buffer, not a parameter)."""
+
+    kind: Literal["select"] = "select"
+    fraction: float = Field(gt=0.0, le=8.0, description="how many channels it selects, as a fraction of the input's")
+
+
 class Shuffle(Node):
     """Channel shuffle (ShuffleNet, CondenseNet): interleave `groups` groups of channels."""
 
@@ -243,7 +265,15 @@ class Classifier(Node):
     """The paper's head: BN-ReLU-global average pool-Linear (with bias)."""
 
     kind: Literal["classifier"] = "classifier"
+    keyword_only = ("keep",)
     classes: PositiveInt = Field(description="the number of classes, > 0")
+    keep: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="the fraction of pooled features the linear layer reads, selected by a learned index "
+        "(CondenseNet's converted classifier keeps 0.5)",
+    )
 
 
 class Branches(Node):
@@ -276,6 +306,8 @@ LayerOp = Annotated[
     | Shuffle
     | SqueezeExcite
     | EffectiveSqueezeExcite
+    | LearnedGroupConv
+    | Select
     | Branches
     | Composite,
     Field(discriminator="kind"),
@@ -470,6 +502,8 @@ LAYER_OPS: dict[str, type[Node]] = {
         Shuffle,
         SqueezeExcite,
         EffectiveSqueezeExcite,
+        LearnedGroupConv,
+        Select,
     )
 }
 JOINS = ("concat", "add")  # how parallel branches in a layer are joined

@@ -314,7 +314,7 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> DnetError:
         if ch == "'":
             hint = 'file names are written in double quotes: "file.dnet"'
         elif ch in "^&|!<>":
-            hint = "the language has + - * / // % and parentheses"
+            hint = "the language has + - * / // %, comparisons (== != < <= > >=), `and`, `or` and `not`"
         return DnetError(
             f"unexpected character `{ch}`",
             span,
@@ -354,6 +354,12 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> DnetError:
         for word in reversed(before[-2:]):
             if len(word) > 2 and word not in all_keywords and (hint := did_you_mean(word, all_keywords)):
                 break
+    wants_else = any(_keywords().get(k) == "else" for k in expected)
+    if hint is None and (re.match(r"\s*if\b", lines[tok.line - 1]) or (wants_else and tok.type == "LBRACE")):
+        hint = (
+            "`if` is not a statement: choose a value with `A if CONDITION else B`, e.g. "
+            "`let t = pooled if down[i] else plain` and then `t(channels)`"
+        )
     if hint is None and tok.type == "EQUAL" and "RPAR" in expected:
         hint = "only a name can be given a value here: `name = value`"
     if hint is None and tok.type == "X":

@@ -39,7 +39,7 @@ examples:
   dnetc fmt [--check] FILES                  lay .dnet files out canonically
   dnetc schema                               the JSON Schema of a validated spec
 
-SPEC is a .dnet file or the name of a zoo model. The language is described in README.md.
+SPEC is a .dnet file or the name of a zoo model. The language is taught in docs/language.md.
 """
 
 
@@ -100,7 +100,8 @@ def parser() -> argparse.ArgumentParser:
         "--export",
         nargs=2,
         metavar=("FORMAT", "FILE"),
-        help="write the network for deployment: `onnx` (dynamic batch), with --weights if given",
+        help="write the network for deployment: `onnx` (dynamic batch), with --weights if given; `condensed`: "
+        "a trained CondenseNet's --weights converted to its inference form",
     )
     p.add_argument(
         "--weights",
@@ -284,7 +285,11 @@ def run(argv: Sequence[str]) -> int:
         if code:
             return code
     if args.export:
-        code = export(g, args.export[1], args.weights, args.reset_classifier)
+
+        def converted() -> object:  # the family's other form: CondenseNet's inference network
+            return build_graph(dsl.load(args.spec, dsl.parse_overrides(args.overrides), converted=True))
+
+        code = export(g, args.export[0], args.export[1], args.weights, args.reset_classifier, converted)
         if code:
             return code
     if args.train or args.eval is not None:

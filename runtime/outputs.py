@@ -6,12 +6,14 @@ format), told on stderr; torch and graphviz are imported only by the outputs tha
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 
 EMIT_FORMATS = ("python",)
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "condensed")
 
 
 def emit_source(g: nx.DiGraph, path: str | None, memory: str, overrides: list[str]) -> int:
@@ -34,22 +36,58 @@ def emit_source(g: nx.DiGraph, path: str | None, memory: str, overrides: list[st
     return 0
 
 
-def export(g: nx.DiGraph, path: str, weights: str | None, reset_classifier: bool) -> int:
-    """`--export onnx FILE`: the naive lowering in eval mode, with the weights given."""
+def export(
+    g: nx.DiGraph, fmt: str, path: str, weights: str | None, reset_classifier: bool, converted: Callable[[], Any]
+) -> int:
+    """`--export onnx FILE`: the naive lowering in eval mode, with the weights given. `--export condensed
+    FILE`: a trained CondenseNet's weights in its converted form (`converted()` builds that network)."""
     from compiler.emit import emit
     from compiler.export import ExportError, onnx
     from runtime.weights import classifier_modules, load_into
 
+    refusal = _condensed_refusal(g, weights) if fmt == "condensed" else None
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     model = emit(g, "naive")
     if weights:
         reset = classifier_modules(g) if reset_classifier else ()
         load_into(model, weights, reset, g.graph["name"])
+    if fmt == "condensed":
+        return _condensed(model, path, converted)
     try:
         onnx(model, tuple(g.nodes["input"]["shape"]), path)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {path}")
+    return 0
+
+
+def _condensed_refusal(g: nx.DiGraph, weights: str | None) -> str | None:
+    if "converted" not in g.graph["network"].parameters:
+        return (
+            "`--export condensed` converts a family written in both forms (a `converted` parameter, as "
+            f"archs/condensenet.dnet has); {g.graph['name']} has none"
+        )
+    if not weights:
+        return "`--export condensed` converts trained weights: give them with --weights FILE"
+    return None
+
+
+def _condensed(model: Any, path: str, converted: Callable[[], Any]) -> int:
+    from compiler.condense import ConversionError, convert
+    from compiler.emit import emit
+    from runtime import checkpoint
+
+    target = emit(converted(), "naive")
+    try:
+        convert(model, target)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    checkpoint.save({"model": target.state_dict()}, path)
+    print(f"wrote {path}: the converted weights; use them with --set converted=true --weights {path}")
     return 0
 
 

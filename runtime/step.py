@@ -158,6 +158,10 @@ class Step:
         self.graphs: dict[tuple, Captured] = {}
         self.pool: Any = None
         self.compiled = not compile_mode  # the first call compiles: its time is told once
+        # terms a module adds to the loss (CondenseNet's group lasso): device ops, so a graph holds them
+        self.penalties = [
+            m for m in model.modules() if callable(getattr(m, "penalty", None)) and getattr(m, "lasso", 1) != 0
+        ]
 
     # ---- the step itself
     def body(self, inputs: dict[str, Tensor], size: int) -> None:
@@ -184,7 +188,8 @@ class Step:
                 ):
                     out = self.forward(xi)
                     loss = self.task.loss(out, yi)
-                self.scaler.scale(loss if weight == 1 else loss * weight).backward()
+                objective = loss + sum(m.penalty() for m in self.penalties) if self.penalties else loss
+                self.scaler.scale(objective if weight == 1 else objective * weight).backward()
             loss_sum += loss.detach().float() * len(yi)
             hits += self.task.hits(out.detach(), yi)
         self.scaler.step(self.optimizer)

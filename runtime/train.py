@@ -113,6 +113,8 @@ class Trainer:
         self.optimizer, self.lr = optim.build(self.model.parameters(), c, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == "fp16")
         self.features = [f for build in FEATURES if (f := build(self.model, c)) is not None]
+        # modules that learn their structure while training (CondenseNet's learned group convolutions)
+        self.scheduled = [m for m in self.model.modules() if callable(getattr(m, "schedule", None))]
         # the feature that holds the weights evaluation and inference use (the EMA's), if any
         self.inference = next((f for f in self.features if hasattr(f, "weights")), None)
         self.meter = Meter(self.device)
@@ -332,6 +334,8 @@ class Trainer:
                 clock.data_s += time.perf_counter() - t0
                 lr = optim.lr_at(c, self.epoch, self.step, steps)
                 self.lr.set(lr)
+                for module in self.scheduled:  # before the step, on the host: a CUDA graph sees the result
+                    module.schedule((self.epoch * steps + self.step) / (c.epochs * steps))
                 self.train_step(inputs, size)
                 self.step += 1
                 taken += 1

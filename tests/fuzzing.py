@@ -168,13 +168,14 @@ def specs(draw: st.DrawFn) -> str:
         dropout = draw(st.sampled_from(["0", "0.2"]))
         connect = draw(st.sampled_from([*CONNECTIVITIES, "partial(0.5)"] if b == 0 else CONNECTIVITIES))
         layer = draw(st.sampled_from(LAYER_CHOICES))
-        extra = f", connect = {connect}" + (f", layer = {layer}" if layer else "")
-        lines.append(
-            f"    dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 12))}, bottleneck = {bottleneck}, "
-            f"dropout = {dropout}{extra})"
-        )
+        # a layer of the spec's own says its own widths: the built-in layer's settings go with the built-in
+        own = f", layer = {layer}" if layer else f", bottleneck = {bottleneck}, dropout = {dropout}"
+        lines.append(f"    dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 12))}, connect = {connect}{own})")
         if b < blocks - 1:
-            lines.append(f"    transition(compression = {draw(st.sampled_from(['0.5', '1', '0.75', '0.3']))})")
+            # a window's or SparseNet's block may return as few as 2 channels: 0.3 of them would be none
+            small = connect in ("window(2)", "exponential")
+            choices = ["0.5", "1", "0.75"] if small else ["0.5", "1", "0.75", "0.3"]
+            lines.append(f"    transition(compression = {draw(st.sampled_from(choices))})")
     if draw(st.booleans()):
         lines.append(f"    head classifier({draw(st.integers(1, 20))})")
     return "\n".join([*lines, "}"])

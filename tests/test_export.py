@@ -11,7 +11,7 @@ import dsl
 from compiler.emit import emit
 from compiler.export import onnx
 
-from .test_families import SPECS, network
+from .test_families import EVERYTHING, network
 from .test_memory import reduced
 from .test_source import VOLUME
 
@@ -42,10 +42,7 @@ def outputs_agree(path, model, shape) -> float:
         reduced("fc_densenet103"),
         dsl.load("peleenet", blocks=[1, 1, 1, 1], size=64),
         dsl.load("densenet_bc", depth=16, norm="group(4)", act="silu"),
-        reduced("hardnet39ds"),
-        reduced("ese_vovnet19b_dw"),
-        network(SPECS["custom_layers"]),
-        network(SPECS["exponential_partial"]),
+        network(EVERYTHING),
     ],
     ids=[
         "densenet_bc",
@@ -55,10 +52,7 @@ def outputs_agree(path, model, shape) -> float:
         "fc_densenet",
         "peleenet",
         "groupnorm-silu",
-        "hardnet",
-        "vovnet",
-        "own-layers",
-        "partial",
+        "layers-and-connectivities",
     ],
 )
 def test_onnx_matches_the_module_at_any_batch(network, tmp_path):

@@ -28,6 +28,8 @@ layer two_way(growth) {
 layer residual_dw { add { } { dwconv norm shuffle(2) } }
 layer fuse_ese(channels) { cna(channels, 1) ese }
 layer conv3(growth) { cna(growth) }
+layer learned(growth) { norm act lgconv(4 * growth, 2, 2) norm act conv(3, growth, groups = 2) }
+layer condensed(growth) { select(1) norm act conv(1, 4 * growth, groups = 2) shuffle(2) norm act conv(3, growth) }
 layer down(channels) { cna(channels, 1) avgpool(2) }
 """
 
@@ -147,12 +149,22 @@ SPECS = {
     "exponential_partial": "    stem cna(8)\n    dense(3, 4, connect = exponential)\n"
     "    dense(2, 4, connect = partial(0.5))\n    head classifier(5)",
 }
+# every new construct in one network, for the slower checks (ONNX export): own layers, branches, se, ese,
+# shuffle, dwconv, each connectivity, fuse, residual, and CondenseNet's learned convs and selection
+EVERYTHING = (
+    "    activation relu6\n    stem cna(16)\n"
+    "    dense(4, 4, connect = harmonic(1.7), layer = conv3, concat_input = false)\n"
+    "    cna(16, 1)\n    dense(3, 4, connect = aggregate, layer = conv3, fuse = fuse_ese(16), residual = true)\n"
+    "    dense(2, 4, layer = [two_way, residual_dw])\n    dense(2, 4, connect = window(2), layer = learned)\n"
+    "    dense(2, 4, connect = exponential)\n    dense(2, 4, connect = partial(0.5), layer = condensed)\n"
+    "    head classifier(5, keep = 0.5)"
+)
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("name", [*sorted(SPECS), "everything"])
 def test_counts_equal_torchinfo_and_every_lowering_equals_naive(name):
     torchinfo = pytest.importorskip("torchinfo")
-    g = compiler.build_graph(network(SPECS[name]))
+    g = compiler.build_graph(network(SPECS.get(name, EVERYTHING)))
     torch.manual_seed(0)
     reference = emit(g, "naive").double()
     stats = torchinfo.summary(emit(g), input_size=(1, 3, 16, 16), verbose=0)
@@ -257,6 +269,15 @@ ERRORS = [
     ("window", "", "    dense(2, 4, connect = window(0))", (4, 27), "the number of latest feature maps"),
     ("condition", "", "    dense(2 if 3 else 1, 4)", (4, 16), "a condition needs true or false"),
     ("keyword", "layer k(a) { conv(3, a) }", "    dense(2, 4, layer = k(b = 2))", (4, 25), "has no parameter `b`"),
+    (
+        "bottleneck",
+        "layer k(growth) { conv(3, growth) }",
+        "    dense(2, 4, 2, layer = k)",
+        (4, 17),
+        "`bottleneck` shapes",
+    ),
+    ("if statement", "", "    if true { dense(2, 4) }", (4, 13), "`if` is not a statement"),
+    ("pool in the body", "", "    maxpool(2)", (4, 5), "in a layer of your own that the body calls"),
 ]
 
 

@@ -40,6 +40,7 @@ REDUCED = {
         "size": 16,
     },
     "vovnet": {"stem": [8, 8, 12], "mid": [6, 8], "out": [12, 16], "layers": 3, "blocks": [1, 2], "size": 16},
+    "condensenet": {"stages": [2, 2], "growth": [8, 16], "size": 16},
 }
 
 
@@ -129,8 +130,8 @@ def small_specs(draw) -> dsl.Network:
         # mostly DenseNet's own blocks (the lowerings' subject), some of the other connectivities and layers
         connect = draw(st.sampled_from(["all"] * 4 + CONNECTIVITIES[1:]))
         layer = draw(st.sampled_from([""] * 3 + LAYER_CHOICES[1:]))
-        extra = f", connect = {connect}" + (f", layer = {layer}" if layer else "")
-        lines.append(f"dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 6))}, {bottleneck}, {dropout}{extra})")
+        settings = f"layer = {layer}" if layer else f"bottleneck = {bottleneck}, dropout = {dropout}"
+        lines.append(f"dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 6))}, connect = {connect}, {settings})")
         if b < blocks - 1:
             lines.append(f"transition({draw(st.sampled_from(['0.5', '1', '0.7']))}, {dropout})")
     if draw(st.booleans()):
