@@ -26,6 +26,22 @@ if os.environ.get("CI"):
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _distinct_zoo() -> list[str]:
+    """The zoo less the families that a member names without binding anything (`network hardnet68 =
+    hardnet()`): the same network twice, which the slower per-model tests run once."""
+    import re
+
+    import dsl
+
+    same = set()
+    for path in dsl.zoo_dir().glob("*.dnet"):
+        same |= set(re.findall(r"^network \w+ = (\w+)\(\)$", path.read_text(), re.M))
+    return [n for n in dsl.zoo_names() if n not in same]
+
+
+ZOO_DISTINCT = _distinct_zoo()
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "runtime.cli", *args],

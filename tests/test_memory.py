@@ -15,6 +15,7 @@ from compiler.lowerings import LOWERINGS as LOWERING_NAMES
 from compiler.memory import choose_lowering
 from compiler.modules import DenseLayer
 
+from .conftest import ZOO_DISTINCT
 from .fuzzing import CONNECTIVITIES, GENERATED_LAYERS, LAYER_CHOICES
 
 LOWERINGS = ("checkpoint", "shared", "fused")
@@ -109,7 +110,7 @@ def compare(network: dsl.Network, dtype: torch.dtype, batch: int = 3, channels_l
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("name", dsl.zoo_names())
+@pytest.mark.parametrize("name", ZOO_DISTINCT)
 def test_zoo_lowerings_equal_naive(name, dtype):
     compare(reduced(name), dtype)
 
@@ -273,7 +274,7 @@ def measured_saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("name", dsl.zoo_names())
+@pytest.mark.parametrize("name", ZOO_DISTINCT)
 def test_estimator_predicts_saved_memory(name):
     network = reduced(name)
     g = compiler.build_graph(network)

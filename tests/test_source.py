@@ -19,6 +19,7 @@ from compiler.emit import emit
 from compiler.source import SourceError, _tree_only, python_source
 from runtime import checkpoint
 
+from .conftest import ZOO_DISTINCT
 from .test_memory import REDUCED, assert_same, reduced, step
 
 RUFF = [sys.executable, "-m", "ruff"]
@@ -98,7 +99,7 @@ def test_emitted_source_imports_only_torch():
 
 
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["naive", "memory_efficient"])
-@pytest.mark.parametrize("name", dsl.zoo_names())
+@pytest.mark.parametrize("name", ZOO_DISTINCT)
 def test_emitted_zoo_model_equals_compiled(name, memory_efficient, tmp_path):
     check_equal(reduced(name), tmp_path, memory_efficient)
 
