@@ -28,6 +28,7 @@ from .modules import (
     TwoWayDenseLayer,
     initialise,
 )
+from .passes import inputs
 
 
 def _nd(name: str, rank: int) -> type[nn.Module]:
@@ -167,7 +168,7 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
         node = g.nodes[n]
         if node["module"] is None:
             continue
-        (pred,) = g.predecessors(n)
+        (pred,) = inputs(g, n)
         module = FACTORIES[node["op"]](node, g.nodes[pred]["shape"][0], rank)
         path = node["module"].split(".")
         if path == ["classifier"]:

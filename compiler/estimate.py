@@ -15,6 +15,7 @@ from typing import NamedTuple
 import networkx as nx
 
 from .lowerings import LOWERINGS, Lowering
+from .passes import inputs
 
 DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -40,15 +41,11 @@ def _storage(g: nx.DiGraph, n: str) -> str:
     return n
 
 
-def _inputs(g: nx.DiGraph, n: str) -> list[str]:
-    return [u for u, _, _ in sorted(g.in_edges(n, data="index"), key=lambda e: e[2])]
-
-
 def _saves(g: nx.DiGraph, n: str, batch: int, size: int, device: str) -> tuple[list[str], int]:
     """What one op saves for backward in PyTorch: (storages of other nodes' outputs, extra bytes)."""
     node = g.nodes[n]
     op = node["op"]
-    ins = _inputs(g, n)
+    ins = inputs(g, n)
     if op in ("conv", "lgconv", "avgpool", "linear"):
         return [_storage(g, ins[0])], 0
     if op == "norm":  # the input, and the mean and inverse std (kept in float32 at least)
@@ -97,19 +94,19 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
         convs = [i for i, n in enumerate(nodes) if g.nodes[n]["op"] == "conv"]
         if g.graph["units"][unit].get("general"):  # the whole layer recomputed from its inputs
             skip.update(nodes)
-            held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, nodes[0]))
+            held.setdefault(unit, set()).update(_storage(g, u) for u in inputs(g, nodes[0]))
             continue
         if g.graph["units"][unit].get("two_way"):  # PeleeNet's layers
             if keeps == "inputs":  # concat and both 1x1 Conv-BN-activations recomputed
                 skip.update(n for n in nodes if n.endswith(".cat") or ".branch1a." in n or ".branch2a." in n)
-                held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, nodes[0]))
+                held.setdefault(unit, set()).update(_storage(g, u) for u in inputs(g, nodes[0]))
             else:  # the buffer alone; each layer is recomputed from it
                 skip.update(nodes)
                 held.setdefault(unit, set()).add(f"features.{unit}.cat")
             continue
         if keeps == "inputs":  # concat+BN+ReLU+conv1 save nothing; the checkpoint holds the inputs
             skip.update(nodes[: convs[0] + 1])
-            held.setdefault(unit, set()).update(_storage(g, u) for u in _inputs(g, nodes[0]))
+            held.setdefault(unit, set()).update(_storage(g, u) for u in inputs(g, nodes[0]))
         else:  # the block keeps its buffer (its output's storage) and each non-final stage's output
             masks = record.dropout_masks  # and each dropout's mask, or draws it again
             skip.update(n for n in nodes if not (masks and g.nodes[n]["op"] == "dropout"))

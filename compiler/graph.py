@@ -166,7 +166,7 @@ class _Builder:
                 help="as PeleeNet: dense(layers, 32, bottleneck = 4, two_way = true)",
             )
         start, half = self.last, part.growth // 2
-        inter = {"channels": 0, "inter": {"growth": half, "width": part.bottleneck}}
+        inter = {"channels": 0, "two_way": {"growth": part.growth, "bottleneck": part.bottleneck}}
         self.conv_norm_act(f"{p}.branch1a", unit, part.span, layer, kernel=1, **inter)
         one = self.conv_norm_act(f"{p}.branch1b", unit, part.span, layer, kernel=3, channels=half)
         self.last = start

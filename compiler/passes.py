@@ -41,15 +41,13 @@ def _window(node: dict, shape: Shape) -> Shape:
 def _conv(node: dict, ins: list[Shape]) -> Shape:
     (shape,) = ins
     a = node["args"]
-    if "inter" in a:  # PeleeNet's two-way layer: the 1x1 width, capped at half the input (as its code)
-        half, width = a["inter"]["growth"], a["inter"]["width"]
-        a["channels"] = int(half * width / 4) * 4
-        if a["channels"] > shape[0] / 2:
-            a["channels"] = int(shape[0] / 8) * 4
+    if "two_way" in a:  # PeleeNet's two-way layer: the 1x1 width, which depends on the input
+        growth, width = a["two_way"]["growth"], a["two_way"]["bottleneck"]
+        a["channels"] = spec.two_way_width(growth, width, shape[0])
         if a["channels"] < 1:
             raise DnetError(
                 f"a two-way dense layer's 1x1 convolutions get no channels from {shape[0]} input channels "
-                f"(growth {2 * half}, bottleneck width {width})",
+                f"(growth {growth}, bottleneck width {width})",
                 node["span"],
                 help="raise the growth rate, the bottleneck width, or the channels entering the block",
             )
@@ -275,6 +273,11 @@ def _show(shape: Shape) -> str:
     return "x".join(map(str, shape))
 
 
+def inputs(g: nx.DiGraph, n: str) -> list[str]:
+    """The nodes feeding `n`, in the order its op takes them (a concat's order): the one accessor."""
+    return [u for u, _, _ in sorted(g.in_edges(n, data="index"), key=lambda e: e[2])]
+
+
 def infer(g: nx.DiGraph) -> None:
     """Add `shape`, `params` and `macs` to every node, in topological order."""
     net: spec.Network = g.graph["network"]
@@ -283,8 +286,7 @@ def infer(g: nx.DiGraph) -> None:
         node = g.nodes[n]
         if node["op"] == "input":
             continue
-        preds = sorted(g.in_edges(n, data="index"), key=lambda e: e[2])
-        ins = [g.nodes[p]["shape"] for p, _, _ in preds]
+        ins = [g.nodes[p]["shape"] for p in inputs(g, n)]
         if "like" in node["args"]:  # the kept maps a transition up returns to
             node["args"]["like_shape"] = g.nodes[node["args"]["like"]]["shape"]
         out = SHAPE_RULES[node["op"]](node, ins)

@@ -6,6 +6,8 @@ from typing import Any
 
 import networkx as nx
 
+from .passes import inputs
+
 CONVENTION = (
     "MACs are multiply-adds for one sample, in torchinfo's convention: a convolution counts its "
     "parameters times its output positions, batch norm and linear layers their parameters; ReLU, "
@@ -34,7 +36,7 @@ def units(g: nx.DiGraph) -> list[dict[str, Any]]:
         unit = node["unit"]
         row = rows.get(unit)
         if row is None:
-            (pred, *_) = sorted(g.predecessors(n), key=lambda p: g.edges[p, n]["index"])
+            pred = inputs(g, n)[0]
             shape = g.nodes[pred]["shape"]
             row = rows[unit] = {
                 "name": unit,

@@ -271,7 +271,13 @@ class _Writer(BlockSource):
 
     def write(self) -> str:
         if self.two_way:
-            sections = [self.conv_norm_act(), self.frozen_statistics(), self.two_way_layer(), self.dense_block()]
+            sections = [
+                self.conv_norm_act(),
+                self.frozen_statistics(),
+                self.two_way_width(),
+                self.two_way_layer(),
+                self.dense_block(),
+            ]
             if self.stem_block_used:
                 sections.append(self.stem_block())
         else:

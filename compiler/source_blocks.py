@@ -6,6 +6,10 @@ decides which of them a network needs and writes the network itself.
 
 from __future__ import annotations
 
+import inspect
+
+from dsl import spec
+
 WIDTH = 88
 INDENT = "    "
 
@@ -330,6 +334,10 @@ class BlockSource:
             f"{i2}self.relu = {act}({', '.join(act_args)})",
         ]
 
+    def two_way_width(self) -> list[str]:
+        """The rule of dsl/spec.py, copied: the language and this file compute the width alike."""
+        return inspect.getsource(spec.two_way_width).rstrip().splitlines()
+
     def two_way_layer(self) -> list[str]:
         i2, i3, i4 = INDENT * 2, INDENT * 3, INDENT * 4
         return [
@@ -345,9 +353,7 @@ class BlockSource:
             ),
             f"{i2}super().__init__()",
             f"{i2}half = growth // 2",
-            f"{i2}width = int(half * bottleneck / 4) * 4",
-            f"{i2}if width > in_channels / 2:  # the paper's cap: at most half the input",
-            f"{i3}width = int(in_channels / 8) * 4",
+            f"{i2}width = two_way_width(growth, bottleneck, in_channels)",
             f"{i2}self.branch1a = ConvNormAct(in_channels, width, 1)",
             f"{i2}self.branch1b = ConvNormAct(width, half, 3)",
             f"{i2}self.branch2a = ConvNormAct(in_channels, width, 1)",

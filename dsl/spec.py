@@ -385,6 +385,16 @@ class DenseBlock(Node):
     )
 
 
+def two_way_width(growth: int, bottleneck: int, in_channels: int) -> int:
+    """PeleeNet's 1x1 width in a two-way dense layer, as the authors' code has it:
+    growth/2 times the bottleneck width, down to a multiple of 4, at most half the
+    input. Standalone source copies it: short lines, no imports."""
+    width = int(growth // 2 * bottleneck / 4) * 4
+    if width > in_channels / 2:
+        width = int(in_channels / 8) * 4
+    return width
+
+
 class Ref(BaseModel):
     """Feature maps kept with `keep NAME`: the `index`-th kept under that name."""
 

@@ -13,7 +13,7 @@ import compiler
 import dsl
 from compiler.emit import emit
 from compiler.lowerings import LOWERINGS
-from tests.test_memory import assert_same, reduced, step
+from tests.test_memory import assert_same, step
 
 REFERENCE = json.loads((Path(__file__).parent / "reference.json").read_text())
 HARDNET = {k: v for k, v in REFERENCE["hardnet"].items() if not k.startswith("_")}
@@ -180,15 +180,6 @@ def _every_lowering_equals(g, reference: torch.nn.Module, x: torch.Tensor) -> No
         model = emit(g, lowering).double()
         model.load_state_dict(state)
         assert_same(step(model, x), expected, 1e-10)
-
-
-@pytest.mark.parametrize("name", ["hardnet39ds", "hardnet68", "vovnet39a", "ese_vovnet19b_dw", "ese_vovnet39b"])
-def test_reduced_families_train_a_step_under_every_lowering(name):
-    g = compiler.build_graph(reduced(name))
-    torch.manual_seed(0)
-    reference = emit(g, "naive").double()
-    x = torch.randn(2, *g.nodes["input"]["shape"], dtype=torch.float64)
-    _every_lowering_equals(g, reference, x)
 
 
 def test_summary_says_which_blocks_run_naive(capsys):

@@ -67,17 +67,15 @@ def load_source(text: str, folder: Path, name: str):
 
 def check_equal(network: dsl.Network, folder: Path, memory_efficient: bool) -> None:
     g = compiler.build_graph(network)
+    if _tree_only(g) and memory_efficient:  # the spec's own layers: the modules' tree, which runs as naive
+        with pytest.raises(SourceError, match="they run naive"):
+            python_source(g, memory_efficient=True)
+        return
     torch.manual_seed(0)
     reference = emit(g, "naive").double()
     module = load_source(python_source(g), folder, f"emitted_{network.name}_{memory_efficient}")
-    if _tree_only(g):  # the spec's own layers: the modules' tree, which runs as naive
-        if memory_efficient:
-            with pytest.raises(SourceError, match="they run naive"):
-                python_source(g, memory_efficient=True)
-            return
-        model = module.DenseNet().double()
-    else:
-        model = module.DenseNet(memory_efficient=memory_efficient).double()
+    flags = {} if _tree_only(g) else {"memory_efficient": memory_efficient}  # the tree has no such flag
+    model = module.DenseNet(**flags).double()
     assert list(model.state_dict()) == list(reference.state_dict())
     model.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(3, *g.nodes["input"]["shape"], dtype=torch.float64)
