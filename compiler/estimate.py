@@ -87,7 +87,9 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
     held: dict[str, set[str]] = {}  # unit -> storages held by the lowering itself
     records: dict[str, Lowering] = {}
     for (unit, _), nodes in layers.items():
-        record = records.setdefault(unit, _lowering_of(g, unit, lowering))
+        if unit not in records:  # once a block: it scans the graph for the block's norm and activation
+            records[unit] = _lowering_of(g, unit, lowering)
+        record = records[unit]
         keeps = record.keeps
         if keeps == "all":
             continue

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import ast, spec
+from .calls import bind_call, bind_parameters
 from .errors import DnetError, Span, did_you_mean
-from .evaluate import CHOICES, Scope, bind_call, bind_parameters, evaluate, kind_of, plain, render, show
+from .evaluate import CHOICES, Scope, evaluate, kind_of, plain, render, show
 from .layers import call_value, expand, is_layer, layer_argument, layers_of
 
 MAX_ALIAS_DEPTH = 50

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import ast, spec
+from .calls import bind_call, bind_parameters
 from .errors import DnetError, Span, did_you_mean
-from .evaluate import LayerValue, Scope, bind_call, bind_parameters, evaluate, kind_of, plain, render, show
+from .evaluate import LayerValue, Scope, evaluate, kind_of, plain, render, show
 
 MAX_NESTING = 32
 
@@ -108,12 +109,10 @@ def _ops(body: tuple[ast.Op, ...], scope: Scope, stack: tuple[str, ...]) -> list
             out.append(spec.Branches(kind=op.join, branches=branches, span=op.span))
         elif is_layer(op, scope):
             out.append(expand(call_value(op, scope), None, stack))
-        elif op.op == "dropout" and not op.args:
-            continue  # no rate, no op
-        elif op.op == "dropout" and bind_call(op, spec.LAYER_OPS, scope, "a layer").p == 0:
-            continue  # a rate of 0 (a parameter's default) drops nothing: no op in the graph
         elif op.op in spec.LAYER_OPS:
-            out.append(bind_call(op, spec.LAYER_OPS, scope, "a layer"))
+            bound = bind_call(op, spec.LAYER_OPS, scope, "a layer")
+            if not (isinstance(bound, spec.Dropout) and bound.p == 0):  # a rate of 0 drops nothing: no op
+                out.append(bound)
         else:
             raise DnetError(
                 f"unknown operation `{op.op}` in a layer",
