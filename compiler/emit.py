@@ -12,6 +12,7 @@ from .lowerings import LOWERINGS
 from .modules import (
     BlurPool,
     Branches,
+    Coarsest,
     Composite,
     DenseLayer,
     DenseNet,
@@ -20,6 +21,10 @@ from .modules import (
     GlobalAvgPool,
     Layer,
     LearnedGroupConv,
+    MultiScaleLayer,
+    MultiScaleStem,
+    ParallelScales,
+    ScaleLayer,
     Select,
     SqueezeExcite,
     StemBlock,
@@ -96,6 +101,7 @@ FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
     "ese": lambda node, c_in, rank: EffectiveSqueezeExcite(c_in, rank),
     "lgconv": lambda node, c_in, rank: LearnedGroupConv(c_in, node["shape"][0], **node["args"]["learned"], rank=rank),
     "select": lambda node, c_in, rank: Select(c_in, node["shape"][0]),
+    "coarsest": lambda node, c_in, rank: Coarsest(),
 }
 
 # The module made at each container path of the graph (its `containers`), by kind; `dense` is the
@@ -110,6 +116,10 @@ CONTAINERS: dict[str, Callable[[], nn.Module]] = {
     "transition": Transition,
     "transition_up": TransitionUp,
     "stem_block": StemBlock,
+    "scales": MultiScaleStem,
+    "msd_layer": MultiScaleLayer,
+    "scale_layer": ScaleLayer,
+    "msd_transition": ParallelScales,
 }
 
 
@@ -124,6 +134,8 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
     lowering = LOWERINGS[memory]
     rank = len(g.nodes["input"]["shape"]) - 1
     features = Features()
+    exits = nn.ModuleList()
+    roots: dict[str, nn.Module] = {"features": features, "exits": exits}
     classifier: nn.Module | None = None
 
     def make(path: str) -> nn.Module:
@@ -146,6 +158,7 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
             block.links, block.outputs, block.residual = record["links"], record["outputs"], record["residual"]
             if "bypass" in record:
                 block.bypass = g.nodes[record["bypass"]]["shape"][0]
+            block.dual = record.get("dual", 0)
         return block
 
     def container(parent: nn.Module, name: str, path: str) -> nn.Module:
@@ -155,8 +168,8 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
         return parent._modules[name]
 
     def ensure(path: str) -> nn.Module:
-        parent: nn.Module = features
         parts = path.split(".")
+        parent = roots[parts[0]]
         for depth, name in enumerate(parts[1:], 2):
             parent = container(parent, name, ".".join(parts[:depth]))
         return parent
@@ -174,7 +187,7 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
         if path == ["classifier"]:
             classifier = module
             continue
-        parent = ensure(".".join(path[:-1])) if len(path) > 2 else features
+        parent = ensure(".".join(path[:-1])) if len(path) > 2 else roots[path[0]]
         parent.add_module(path[-1], module)
     for path in pending:
         ensure(path)
@@ -183,7 +196,9 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
     for unit, info in g.graph["units"].items():
         if info["kind"] == "transition_up":
             features.joins[unit] = info["skip"]
-    model = DenseNet(features, classifier)
+    for e, record in enumerate(g.graph["exits"]):
+        features.taps.setdefault(part_of(g, record["tap"]), []).append(e)
+    model = DenseNet(features, classifier, exits if g.graph["exits"] else None)
     model.memory = memory
     initialise(model)
     return model

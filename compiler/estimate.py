@@ -35,10 +35,19 @@ def _in_place(node: dict) -> bool:
 
 
 def _storage(g: nx.DiGraph, n: str) -> str:
-    """In-place ReLU writes into its input: both name one storage."""
-    while _in_place(g.nodes[n]):
+    """The node whose output storage `n` shares: in-place ReLU writes into its input, a slice is a view,
+    and a layer of the spec's own reads a lone input as it is (compiler/modules.py's Layer)."""
+    while True:
+        node = g.nodes[n]
+        lone = node["op"] == "concat" and g.in_degree(n) == 1
+        if not (_in_place(node) or node["op"] == "slice" or (lone and _container(g, n) == "layer")):
+            return n
         (n,) = g.predecessors(n)
-    return n
+
+
+def _container(g: nx.DiGraph, n: str) -> str | None:
+    """The kind of module that holds node `n`."""
+    return g.graph["containers"].get(n.rsplit(".", 1)[0], {}).get("kind")
 
 
 def _saves(g: nx.DiGraph, n: str, batch: int, size: int, device: str) -> tuple[list[str], int]:

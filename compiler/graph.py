@@ -20,6 +20,9 @@ module path above the op nodes -> the kind of module the emitter makes there, wi
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import networkx as nx
 
 from dsl import DnetError, spec
@@ -68,6 +71,11 @@ class _Builder:
         self.act = {"kind": network.activation}
         self.g.add_node("input", op="input", module=None, unit="input", layer=None, args={}, span=network.input.span)
         self.last = "input"
+        self.g.graph["exits"] = []  # each exit's record: its unit, the node it reads and its output
+        # a grid of scales (MSDNet), once `scales` made one: each scale's current node, finest first
+        self.at_scales: list[str] | None = None
+        self.grid: dict = {}  # the grid's factors, base width and msdense layers (all, and built so far)
+        self.grid_layers = sum(p.layers for p in network.parts if isinstance(p, spec.MultiScaleDense))
 
     def container(self, path: str, kind: str, **settings) -> None:
         """The module at `path` groups the ops under it: a `kind` of compiler/emit.py's CONTAINERS."""
@@ -285,6 +293,7 @@ class _Builder:
             "layer": part.layer[0].name if part.layer else None,
             "fuse": part.fuse.name if part.fuse else None,
             "residual": part.residual,
+            "entry": part.entry.name if part.entry else None,
         }
         prefix = f"{ROOT}.{unit}"
         general = connect.kind != "all" or part.layer is not None or part.fuse is not None or part.residual
@@ -296,6 +305,8 @@ class _Builder:
                 outputs=connect.outputs(part.layers, part.concat_input),
                 residual=part.residual,
             )
+            if connect.kind == "dual":  # the residual channels of each layer, for the emitted block
+                block["dual"] = int(connect.value or 0)
         self.container(prefix, "dense", **block)
         entry = self.last
         features = [entry]
@@ -308,46 +319,17 @@ class _Builder:
             self.g.add_edge(entry, main, index=0)
             features = [main]
             self.g.graph["containers"][prefix]["bypass"] = bypass
-        for i in range(1, part.layers + 1):
-            layer = f"denselayer{i}"
-            p = f"{prefix}.{layer}"
-            self.concat(f"{p}.cat", [features[j] for j in connect.links(i)], unit, part.span, layer)
-            if part.layer is not None:
-                self.container(p, "layer", layer=part.layer[i - 1].name)
-                self.ops(part.layer[i - 1].ops, p, unit, layer)
+        if connect.kind == "dual":
+            self.dual_layers(part, prefix, unit, entry)
+        else:
+            for i in range(1, part.layers + 1):
+                layer = f"denselayer{i}"
+                p = f"{prefix}.{layer}"
+                self.concat(f"{p}.cat", [features[j] for j in connect.links(i)], unit, part.span, layer)
+                self.layer_body(part, p, unit, layer, i)
                 features.append(self.last)
-                continue
-            if part.two_way:
-                self.container(p, "two_way_layer")
-                self.two_way_layer(part, p, unit, layer)
-                features.append(self.last)
-                continue
-            self.container(p, "dense_layer")
-            growth = connect.width(i, part.growth)
-            convs = (
-                [("1", {"channels": part.bottleneck * growth, "kernel": (1,) * self.rank})] if part.bottleneck else []
-            )
-            convs.append((str(len(convs) + 1), {"channels": growth, "kernel": (3,) * self.rank}))
-            for n, conv in convs:
-                self.chain(f"{p}.norm{n}", "norm", unit, part.span, layer, **self.norm)
-                self.chain(f"{p}.relu{n}", "act", unit, part.span, layer, **self.act)
-                k = conv["kernel"]
-                self.chain(
-                    f"{p}.conv{n}",
-                    "conv",
-                    unit,
-                    part.span,
-                    layer,
-                    stride=(1,) * self.rank,
-                    padding=tuple(x // 2 for x in k),
-                    bias=part.bias,
-                    **conv,
-                )
-                if part.dropout > 0:
-                    self.chain(f"{p}.drop{n}", "dropout", unit, part.span, layer, p=part.dropout)
-            features.append(self.last)
-        outputs = [features[j] for j in connect.outputs(part.layers, part.concat_input)]
-        self.concat(f"{prefix}.cat", [bypass, *outputs] if bypass else outputs, unit, part.span)
+            outputs = [features[j] for j in connect.outputs(part.layers, part.concat_input)]
+            self.concat(f"{prefix}.cat", [bypass, *outputs] if bypass else outputs, unit, part.span)
         if part.fuse is not None:
             self.container(f"{prefix}.fuse", "composite", layer=part.fuse.name)
             self.ops(part.fuse.ops, f"{prefix}.fuse", unit, None)
@@ -356,6 +338,79 @@ class _Builder:
             self.g.add_edge(self.last, total, index=0)
             self.g.add_edge(entry, total, index=1)
             self.last = total
+
+    def layer_body(self, part: spec.DenseBlock, p: str, unit: str, layer: str, i: int) -> None:
+        """Layer i's ops after its concatenation: the spec's own layer, a two-way layer or the built-in."""
+        if part.layer is not None:
+            self.container(p, "layer", layer=part.layer[i - 1].name)
+            self.ops(part.layer[i - 1].ops, p, unit, layer)
+            return
+        if part.two_way:
+            self.container(p, "two_way_layer")
+            self.two_way_layer(part, p, unit, layer)
+            return
+        self.container(p, "dense_layer")
+        growth = part.connect.width(i, part.growth)
+        convs = [("1", {"channels": part.bottleneck * growth, "kernel": (1,) * self.rank})] if part.bottleneck else []
+        convs.append((str(len(convs) + 1), {"channels": growth, "kernel": (3,) * self.rank}))
+        for n, conv in convs:
+            self.chain(f"{p}.norm{n}", "norm", unit, part.span, layer, **self.norm)
+            self.chain(f"{p}.relu{n}", "act", unit, part.span, layer, **self.act)
+            k = conv["kernel"]
+            self.chain(
+                f"{p}.conv{n}",
+                "conv",
+                unit,
+                part.span,
+                layer,
+                stride=(1,) * self.rank,
+                padding=tuple(x // 2 for x in k),
+                bias=part.bias,
+                **conv,
+            )
+            if part.dropout > 0:
+                self.chain(f"{p}.drop{n}", "dropout", unit, part.span, layer, p=part.dropout)
+
+    def dual_layers(self, part: spec.DenseBlock, prefix: str, unit: str, entry: str) -> None:
+        """DPN's dual path (Chen et al. 2017): the entry layer's first r channels start the residual
+        path, the rest the dense path. Layer i reads both (the first, the block's input), adds its
+        first r channels to the residual and appends the rest; the block returns both, concatenated."""
+        if part.entry is None:
+            raise DnetError(
+                "a dual-path block starts from an `entry` layer, whose first r channels begin the residual path",
+                part.span,
+                help="as DPN: `dense(3, 16, connect = dual(64), entry = projection(64 + 2 * 16), layer = ...)`",
+            )
+        r = int(part.connect.value or 0)
+        self.container(f"{prefix}.entry", "composite", layer=part.entry.name)
+        self.ops(part.entry.ops, f"{prefix}.entry", unit, None)
+        start = self.last
+        residual = self.part_of_channels(f"{prefix}.residual0", start, 0, r, unit, part.span)
+        dense = [self.part_of_channels(f"{prefix}.dense0", start, r, None, unit, part.span)]
+        inputs = [entry]
+        for i in range(1, part.layers + 1):
+            layer = f"denselayer{i}"
+            p = f"{prefix}.{layer}"
+            self.concat(f"{p}.cat", inputs, unit, part.span, layer)
+            self.layer_body(part, p, unit, layer, i)
+            out = self.last
+            added = self.part_of_channels(f"{p}.residual", out, 0, r, unit, part.span, layer)
+            dense.append(self.part_of_channels(f"{p}.dense", out, r, None, unit, part.span, layer))
+            why = "the residual path sums r channels of the same size: stride the entry and the first layer alike"
+            total = self.node(f"{p}.sum", "add", unit, part.span, layer, module=False, help=why)
+            self.g.add_edge(residual, total, index=0)
+            self.g.add_edge(added, total, index=1)
+            residual = total
+            inputs = [residual, *dense]
+        self.concat(f"{prefix}.cat", inputs, unit, part.span)
+
+    def part_of_channels(
+        self, path: str, src: str, start: int, stop: int | None, unit: str, span, layer: str | None = None
+    ) -> str:
+        """Channels start to stop (None: the last) of `src`: a view, no module."""
+        n = self.node(path, "slice", unit, span, layer, module=False, start=start, stop=stop)
+        self.g.add_edge(src, n, index=0)
+        return n
 
     def composite(self, part: spec.Composite, n: int) -> None:
         """A layer of the spec's own in the body (a transition of its own): `features.NAMEn`."""
@@ -432,35 +487,183 @@ class _Builder:
         self.concat(f"{p}.cat", [self.last, skip], unit, part.span)
 
     def head(self, part: spec.Head, blocks: int) -> None:
+        """`features.norm5`, `relu5`, `pool5` and `classifier`, as torchvision names them; operations
+        before the classifier go in `features.head5`."""
         n = blocks + 1
         self.g.graph["units"]["head"] = {"kind": "head"}
-        for op in part.ops:
-            if isinstance(op, spec.LinearClassifier):  # pool, dropout, linear: the network ends normalised
-                self.chain(f"{ROOT}.pool{n}", "global_pool", "head", op.span)
-                if op.dropout > 0:
-                    self.chain(f"{ROOT}.drop{n}", "dropout", "head", op.span, p=op.dropout)
-                self.chain("classifier", "linear", "head", op.span, channels=op.classes)
-                continue
-            if isinstance(op, spec.PixelClassifier):  # a 1x1 convolution: scores at every position
-                one = (1,) * self.rank
-                self.chain(
-                    "classifier",
-                    "conv",
-                    "head",
-                    op.span,
-                    channels=op.classes,
-                    kernel=one,
-                    stride=one,
-                    padding=(0,) * self.rank,
-                    bias=True,
+        if self.at_scales is not None:  # the head reads the coarsest scale of the grid
+            self.coarsest("head", part.span)
+        *before, op = part.ops
+        if before:
+            self.container(f"{ROOT}.head{n}", "composite", layer="head")
+            self.ops(before, f"{ROOT}.head{n}", "head", None)
+        self.classifier(op, "head", lambda base: f"{ROOT}.{base}{n}", "classifier")
+
+    def coarsest(self, unit: str, span) -> None:
+        """The grid of scales ends: its coarsest scale goes on (to the head, or out of the network)."""
+        self.chain(f"{ROOT}.coarsest", "coarsest", unit, span)
+        self.at_scales = None
+
+    def classifier(self, op: spec.Node, unit: str, name: Callable[[str], str], last: str) -> None:
+        """A classifier's ops, named by `name(base)`, its last module (linear or 1x1 conv) at `last`."""
+        if isinstance(op, spec.LinearClassifier):  # pool, dropout, linear: the network ends normalised
+            self.chain(name("pool"), "global_pool", unit, op.span)
+            if op.dropout > 0:
+                self.chain(name("drop"), "dropout", unit, op.span, p=op.dropout)
+            self.chain(last, "linear", unit, op.span, channels=op.classes)
+            return
+        if isinstance(op, spec.PixelClassifier):  # a 1x1 convolution: scores at every position
+            one = (1,) * self.rank
+            self.chain(
+                last,
+                "conv",
+                unit,
+                op.span,
+                channels=op.classes,
+                kernel=one,
+                stride=one,
+                padding=(0,) * self.rank,
+                bias=True,
+            )
+            return
+        assert isinstance(op, spec.Classifier)
+        self.chain(name("norm"), "norm", unit, op.span, **self.norm)
+        self.chain(name("relu"), "act", unit, op.span, **self.act)
+        self.chain(name("pool"), "global_pool", unit, op.span)
+        if op.keep < 1:  # CondenseNet's converted classifier: the features the conversion kept
+            self.chain(name("select"), "select", unit, op.span, fraction=op.keep)
+        self.chain(last, "linear", unit, op.span, channels=op.classes)
+
+    def exit(self, part: spec.Exit, e: int) -> None:
+        """An early classifier `exits.E` (from 0) reading the current maps (the coarsest scale of a grid),
+        which go on unchanged."""
+        unit, prefix = f"exit{e + 1}", f"exits.{e}"
+        self.g.graph["units"][unit] = {"kind": "exit", "index": e}
+        tap = self.last
+        self.container(prefix, "composite", layer="exit")
+        *before, op = part.ops
+        self.ops(before, prefix, unit, None)
+        self.classifier(op, unit, lambda base: f"{prefix}.{base}", f"{prefix}.classifier")
+        self.g.graph["exits"].append({"unit": unit, "tap": tap, "output": self.last})
+        self.last = tap
+
+    # ---- MSDNet's grid of scales
+    def conv_bn(self, path: str, src: str, unit: str, span, channels: int, kernel: int, stride: int = 1) -> str:
+        """Conv-BN-activation from `src`: the authors' ConvBasic (`path.conv`, `path.norm`, `path.relu`)."""
+        self.container(path, "sequential")
+        self.last = src
+        k = (kernel,) * self.rank
+        args = {"kernel": k, "stride": (stride,) * self.rank, "padding": tuple(x // 2 for x in k), "bias": False}
+        self.chain(f"{path}.conv", "conv", unit, span, channels=channels, **args)
+        self.chain(f"{path}.norm", "norm", unit, span, **self.norm)
+        return self.chain(f"{path}.relu", "act", unit, span, **self.act)
+
+    def scales(self, part: spec.Scales) -> None:
+        """The grid's first column: scale 1 the current maps, each coarser scale a stride-2 ConvBasic."""
+        if self.at_scales is not None:
+            raise DnetError(
+                "the network already holds a grid of scales", part.span, help="make it once, after the stem"
+            )
+        unit, prefix = "scales", f"{ROOT}.scales"
+        self.g.graph["units"][unit] = {"kind": "scales", "channels": part.channels, "factors": part.factors}
+        self.container(prefix, "scales")
+        grid = [self.last]
+        for s, factor in enumerate(part.factors[1:], 2):
+            grid.append(self.conv_bn(f"{prefix}.scale{s}", grid[-1], unit, part.span, part.channels * factor, 3, 2))
+        self.at_scales, self.last = grid, grid[-1]
+        self.grid = {"factors": part.factors, "base": part.channels, "done": 0, "first": grid[0]}
+
+    def conv_bottleneck(
+        self, path: str, src: str, unit: str, span, c_in: int, c_out: int, width: int | None, stride: int
+    ) -> str:
+        """The authors' ConvBN: a 1x1 bottleneck to min(c_in, width·c_out) channels, then a 3x3 conv."""
+        self.container(path, "sequential")
+        self.last = src
+        for n, (channels, kernel, st) in enumerate(
+            ([(min(c_in, width * c_out), 1, 1)] if width else []) + [(c_out, 3, stride)], 1
+        ):
+            k = (kernel,) * self.rank
+            args = {"kernel": k, "stride": (st,) * self.rank, "padding": tuple(x // 2 for x in k), "bias": False}
+            self.chain(f"{path}.conv{n}", "conv", unit, span, channels=channels, **args)
+            self.chain(f"{path}.norm{n}", "norm", unit, span, **self.norm)
+            self.chain(f"{path}.relu{n}", "act", unit, span, **self.act)
+        return self.last
+
+    def msdense(self, part: spec.MultiScaleDense, b: int) -> None:
+        """MSDNet's layers over the grid, the finest scales dropped evenly over all msdense layers."""
+        if self.at_scales is None:
+            raise DnetError(
+                "`msdense` grows a grid of scales, and there is none yet",
+                part.span,
+                help="make one after the stem: `scales(channels, [1, 2, 4])`",
+            )
+        grid, factors = self.grid, self.grid["factors"]
+        widths = part.bottlenecks
+        if widths is not None and len(widths) != len(factors):
+            raise DnetError(
+                f"`bottlenecks` gives {len(widths)} widths for a grid of {len(factors)} scales",
+                part.span,
+                help="give one per scale, finest first, as `scales` gives its factors",
+            )
+        unit, prefix = f"msdblock{b}", f"{ROOT}.msdblock{b}"
+        self.g.graph["units"][unit] = {
+            "kind": "msdense",
+            "layers": part.layers,
+            "growth": part.growth,
+            "bottlenecks": widths,
+            "reduction": part.reduction,
+        }
+        self.container(prefix, "sequential")
+        total, count = self.grid_layers, len(factors)
+        interval = math.ceil(total / count)
+        for i in range(1, part.layers + 1):
+            grid["done"] += 1
+            n = grid["done"]
+            out_scales = count - (n - 1) // interval  # the authors' `prune max`
+            dropped, offset = len(self.at_scales) - out_scales, count - out_scales
+            base, path = grid["base"], f"{prefix}.msdlayer{i}"
+            self.container(path, "msd_layer")
+            grown = []
+            for k in range(out_scales):
+                j, s = k + dropped, offset + k  # the input scale it reads, and its place in the grid
+                width = part.growth * factors[s]
+                sp = f"{path}.scale{s + 1}"
+                self.container(sp, "scale_layer")
+                new = [self.at_scales[j]]
+                if j > 0:  # a stride-2 conv of the next finer scale beside one of its own
+                    if width % 2:
+                        raise DnetError(
+                            f"scale {s + 1} of `msdense` splits growth·factor = {width} channels between two "
+                            "convolutions, which needs an even number",
+                            part.span,
+                            help="choose a growth rate whose product with each factor is even",
+                        )
+                    w = widths[s - 1] if widths else None
+                    src = self.at_scales[j - 1]
+                    new.append(
+                        self.conv_bottleneck(
+                            f"{sp}.down", src, unit, part.span, base * factors[s - 1], width // 2, w, 2
+                        )
+                    )
+                    width //= 2
+                w = widths[s] if widths else None
+                new.append(
+                    self.conv_bottleneck(
+                        f"{sp}.normal", self.at_scales[j], unit, part.span, base * factors[s], width, w, 1
+                    )
                 )
-                continue
-            self.chain(f"{ROOT}.norm{n}", "norm", "head", op.span, **self.norm)
-            self.chain(f"{ROOT}.relu{n}", "act", "head", op.span, **self.act)
-            self.chain(f"{ROOT}.pool{n}", "global_pool", "head", op.span)
-            if op.keep < 1:  # CondenseNet's converted classifier: the features the conversion kept
-                self.chain(f"{ROOT}.select{n}", "select", "head", op.span, fraction=op.keep)
-            self.chain("classifier", "linear", "head", op.span, channels=op.classes)
+                grown.append(self.concat(f"{sp}.cat", new, unit, part.span))
+            self.at_scales, grid["base"] = grown, base + part.growth
+            if dropped > 0 and part.reduction > 0:  # a transition where a scale was dropped
+                kept = math.floor(part.reduction * grid["base"])
+                tp = f"{prefix}.transition{i}"
+                self.container(tp, "msd_transition")
+                self.at_scales = [
+                    self.conv_bn(f"{tp}.scale{offset + k + 1}", m, unit, part.span, kept * factors[offset + k], 1)
+                    for k, m in enumerate(self.at_scales)
+                ]
+                grid["base"] = kept
+        self.last = self.at_scales[-1]
 
 
 def part_of(g: nx.DiGraph, n: str) -> str:
@@ -501,6 +704,12 @@ def _build(network: spec.Network) -> nx.DiGraph:
         return count[kind]
 
     for part in network.parts:
+        if b.at_scales is not None and not isinstance(part, spec.MultiScaleDense | spec.Exit | spec.Head):
+            raise DnetError(
+                f"`{part.kind}` works on one scale of feature maps, and the network holds a grid of scales",
+                part.span,
+                help="on a grid, use `msdense` blocks, `exit`s and the `head` (which read the coarsest scale)",
+            )
         if isinstance(part, spec.Stem):
             b.stem(part)
         elif isinstance(part, spec.DenseBlock):
@@ -515,8 +724,54 @@ def _build(network: spec.Network) -> nx.DiGraph:
             b.keep(part)
         elif isinstance(part, spec.Composite):
             b.composite(part, number(f"layer:{part.name}"))
+        elif isinstance(part, spec.Scales):
+            b.scales(part)
+        elif isinstance(part, spec.MultiScaleDense):
+            b.msdense(part, number("msdense"))
+        elif isinstance(part, spec.Exit):
+            b.exit(part, number("exit") - 1)
         else:
             b.head(part, count.get("dense", 0))
+    if b.at_scales is not None:  # no head: the network returns the coarsest scale's maps
+        b.g.graph["units"]["coarsest"] = {"kind": "coarsest"}
+        b.coarsest("coarsest", network.span)
     b.g.graph["output"] = b.last
     infer(b.g)
+    _check_exits(b.g)
+    if b.grid:
+        _check_grid(b.g, b.grid)
     return b.g
+
+
+def _check_exits(g: nx.DiGraph) -> None:
+    """Each exit gives what the head gives: the trainer scores them all against the same labels."""
+    final = g.nodes[g.graph["output"]]
+    for record in g.graph["exits"]:
+        node = g.nodes[record["output"]]
+        if node["shape"] != final["shape"]:
+            shape = "x".join(map(str, node["shape"]))
+            raise DnetError(
+                f"`{record['unit']}` gives scores of shape {shape}, but the network's head gives "
+                + "x".join(map(str, final["shape"])),
+                g.graph["network"].exits[g.graph["units"][record["unit"]]["index"]].span,
+                help="give every exit the head's classifier: the same number of classes",
+            )
+        if len(node["shape"]) != 1:
+            raise DnetError("an `exit` ends in class scores", node["span"], help="end it with `classifier(classes)`")
+
+
+def _check_grid(g: nx.DiGraph, grid: dict) -> None:
+    """The grid's finest scale has the width `scales` gives it: channels times the first factor."""
+    net = g.graph["network"]
+    part = next(p for p in net.parts if isinstance(p, spec.Scales))
+    have = g.nodes[grid["first"]]["shape"][0]
+    want = part.channels * part.factors[0]
+    if have != want:
+        raise DnetError(
+            f"`scales({part.channels}, ...)` makes the finest scale {want} channels wide, but the maps before "
+            f"it have {have}",
+            part.span,
+            help=f"end the stem with {want} channels, or write `scales({have // part.factors[0]}, ...)`"
+            if have % part.factors[0] == 0
+            else f"end the stem with {want} channels",
+        )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -74,9 +74,10 @@ class DenseBlock(nn.ModuleDict):
     outputs: list[int] | None = None
     bypass = 0
     residual = False
+    dual = 0  # DPN: the channels of each layer's output that join the residual path
 
     def layers(self) -> list[nn.Module]:
-        return [m for name, m in self.items() if name != "fuse"]
+        return [m for name, m in self.items() if name not in ("fuse", "entry")]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.links is None:
@@ -88,6 +89,8 @@ class DenseBlock(nn.ModuleDict):
 
     def connected(self, x: Tensor, run: Callable[[nn.Module, list[Tensor]], Tensor]) -> Tensor:
         """The block as `links` and `outputs` say, each layer run on its inputs by `run`."""
+        if self.dual:
+            return self.dual_path(x, run)
         entry = x
         skip, x = (x[:, : self.bypass], x[:, self.bypass :]) if self.bypass else (None, x)
         features = [x]
@@ -95,9 +98,25 @@ class DenseBlock(nn.ModuleDict):
             features.append(run(layer, [features[j] for j in links]))
         out = [features[j] for j in self.outputs]
         x = torch.cat(out if skip is None else [skip, *out], 1)
+        return self.finish(x, entry)
+
+    def finish(self, x: Tensor, entry: Tensor) -> Tensor:
         if "fuse" in self:
             x = self["fuse"](x)
         return x + entry if self.residual else x
+
+    def dual_path(self, x: Tensor, run: Callable[[nn.Module, list[Tensor]], Tensor]) -> Tensor:
+        """DPN's dual path: the `entry` layer's first `dual` channels start the residual, the rest the
+        dense path; each layer reads both (the first, the block's input), adds its first `dual`
+        channels to the residual and appends the rest."""
+        r, start = self.dual, self["entry"](x)
+        residual, dense, inputs = start[:, :r], [start[:, r:]], [x]
+        for layer in self.layers():
+            out = run(layer, inputs)
+            residual = residual + out[:, :r]
+            dense.append(out[:, r:])
+            inputs = [residual, *dense]
+        return self.finish(torch.cat(inputs, 1), x)
 
 
 class Layer(nn.Sequential):
@@ -192,16 +211,70 @@ class Features(nn.Sequential):
         super().__init__()
         self.keeps: dict[str, list[str]] = {}  # part -> names its output is kept under ("" : the input)
         self.joins: dict[str, str] = {}  # part -> the kept maps it takes as its second input
+        self.taps: dict[str, list[int]] = {}  # part -> the exits that read its output
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.joins:
+        if not self.joins and not self.taps:
             return super().forward(x)
+        return self.walk(x)
+
+    def walk(self, x: Tensor, tap: Callable[[int, Any], None] | None = None) -> Tensor:
+        """The parts in order, calling `tap(exit, maps)` where an exit reads the maps."""
         kept = dict.fromkeys(self.keeps.get("", []), x)
+        for e in self.taps.get("", []) if tap else ():
+            tap(e, x)
         for name, module in self.named_children():
             x = module(x, kept[self.joins[name]]) if name in self.joins else module(x)
             for key in self.keeps.get(name, []):
                 kept[key] = x
+            for e in self.taps.get(name, []) if tap else ():
+                tap(e, x)
         return x
+
+
+class MultiScaleStem(nn.ModuleDict):
+    """MSDNet's first column: the input is the finest scale, each `scaleS` makes the next coarser one."""
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        grid = [x]
+        for module in self.values():
+            grid.append(module(grid[-1]))
+        return grid
+
+
+class ScaleLayer(nn.ModuleDict):
+    """One scale of an MSDNet layer: its input, a conv of it (`normal`) and a stride-2 conv of the next
+    finer scale (`down`, where there is one), concatenated."""
+
+    def forward(self, finer: Tensor | None, x: Tensor) -> Tensor:
+        new = [x, self["down"](finer)] if "down" in self else [x]
+        return torch.cat([*new, self["normal"](x)], 1)
+
+
+class MultiScaleLayer(nn.ModuleDict):
+    """An MSDNet layer over the grid of scales, one ScaleLayer per scale it keeps: where it drops the
+    finest, the first kept scale reads the dropped one as its finer input."""
+
+    def forward(self, grid: list[Tensor]) -> list[Tensor]:
+        dropped = len(grid) - len(self)
+        return [
+            module(grid[k + dropped - 1] if k + dropped else None, grid[k + dropped])
+            for k, module in enumerate(self.values())
+        ]
+
+
+class ParallelScales(nn.ModuleDict):
+    """A module per scale, each on its own maps (MSDNet's transitions)."""
+
+    def forward(self, grid: list[Tensor]) -> list[Tensor]:
+        return [module(x) for module, x in zip(self.values(), grid, strict=True)]
+
+
+class Coarsest(nn.Module):
+    """The coarsest scale of a grid: what the head of a multi-scale network reads."""
+
+    def forward(self, grid: list[Tensor]) -> Tensor:
+        return grid[-1]
 
 
 class LearnedGroupConv(nn.Module):
@@ -280,16 +353,29 @@ class GlobalAvgPool(nn.Module):
 
 
 class DenseNet(nn.Module):
-    """`features` (stem, dense blocks, transitions, final norm and pooling), then `classifier`."""
+    """`features` (stem, dense blocks, transitions, final norm and pooling), then `classifier`. With
+    early classifiers (`exits`), every exit's scores and the head's, stacked: (exits + 1, N, classes)."""
 
-    def __init__(self, features: nn.Sequential, classifier: nn.Module | None = None) -> None:
+    def __init__(
+        self, features: nn.Sequential, classifier: nn.Module | None = None, exits: nn.ModuleList | None = None
+    ) -> None:
         super().__init__()
         self.features = features
         self.classifier = classifier
+        self.exits = exits
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.features(x)
-        return self.classifier(x) if self.classifier is not None else x
+        if self.exits is None:
+            x = self.features(x)
+            return self.classifier(x) if self.classifier is not None else x
+        scores: list[Tensor] = []
+
+        def tap(e: int, maps: Tensor | list[Tensor]) -> None:
+            scores.append(self.exits[e](maps[-1] if isinstance(maps, list) else maps))
+
+        x = self.features.walk(x, tap)
+        scores.append(self.classifier(x) if self.classifier is not None else x)
+        return torch.stack(scores)
 
 
 NORMS = (

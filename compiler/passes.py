@@ -59,6 +59,8 @@ def _conv(node: dict, ins: list[Shape]) -> Shape:
                 node["span"],
                 help="raise the compression so that at least one channel remains",
             )
+    if a["channels"] is None:  # as many as its input
+        a["channels"] = shape[0]
     if a.get("depthwise"):  # one filter per channel
         a["channels"] = a["groups"] = shape[0]
     groups = a.get("groups", 1)
@@ -193,6 +195,17 @@ def _slice(node: dict, ins: list[Shape]) -> Shape:
     """CSPNet's split: the first floor(r·C) channels bypass the block, the rest go through it."""
     (shape,) = ins
     a = node["args"]
+    if "start" in a:  # DPN's dual path: channels start to stop of a layer's output
+        stop = shape[0] if a["stop"] is None else a["stop"]
+        if not 0 <= a["start"] < stop <= shape[0]:
+            raise DnetError(
+                f"dual({a['stop'] or a['start']}) takes the first {a['stop'] or a['start']} channels of each layer's "
+                f"output for the residual path, but this one has {shape[0]}",
+                node["span"],
+                help="give the entry and each layer more channels than r: r residual channels, then the new ones",
+            )
+        a["channels"] = stop - a["start"]
+        return (a["channels"], *shape[1:])
     first = math.floor(a["ratio"] * shape[0])
     if not 0 < first < shape[0]:
         raise DnetError(
@@ -210,7 +223,9 @@ def _add(node: dict, ins: list[Shape]) -> Shape:
         raise DnetError(
             "cannot add feature maps of different shapes: " + ", ".join(map(_show, ins)),
             node["span"],
-            help="a sum needs equal channels and sizes: give each branch (or the block, for `residual`) the same",
+            help=node["args"].get(
+                "help", "a sum needs equal channels and sizes: give each branch (or the block, for `residual`) the same"
+            ),
         )
     return ins[0]
 
@@ -243,6 +258,7 @@ SHAPE_RULES: dict[str, Callable[[dict, list[Shape]], Shape]] = {
     "ese": _squeeze,
     "slice": _slice,
     "add": _add,
+    "coarsest": _same,  # the coarsest scale of a grid of scales, for the head
 }
 
 

@@ -29,7 +29,7 @@ def one_line(g: nx.DiGraph) -> str:
 def units(g: nx.DiGraph) -> list[dict[str, Any]]:
     """One row per part of the network (stem, each dense block and transition, head)."""
     rows: dict[str, dict[str, Any]] = {}
-    for n in nx.topological_sort(g):
+    for n in g.nodes:  # in the order built: topological, each part's nodes in the network's order
         node = g.nodes[n]
         if node["op"] == "input":
             continue
@@ -53,6 +53,43 @@ def units(g: nx.DiGraph) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def exits(g: nx.DiGraph) -> list[dict[str, Any]]:
+    """Each classifier's costs, the early exits' and the head's (last): the parameters and multiply-adds
+    of the network up to it (every scale of a grid, as the forward pass computes them) and of itself,
+    and the multiply-adds when every earlier exit is evaluated too, as anytime prediction runs them."""
+    records = [*g.graph["exits"], {"unit": "head", "output": g.graph["output"]}]
+    classifiers = {r["unit"] for r in records}
+    nodes = list(g.nodes)  # in the order built, which is the order the forward pass runs
+    rows = []
+    for record in records:
+        until = nodes[: nodes.index(record["output"]) + 1]
+        path = [n for n in until if g.nodes[n]["unit"] not in classifiers or g.nodes[n]["unit"] == record["unit"]]
+        rows.append(
+            {
+                "name": record["unit"],
+                "classes": g.nodes[record["output"]]["shape"][0],
+                "params": sum(g.nodes[n]["params"] for n in path),
+                "mult_adds": sum(g.nodes[n]["macs"] for n in path),
+                "mult_adds_anytime": sum(g.nodes[n]["macs"] for n in until),
+            }
+        )
+    return rows
+
+
+def exit_table(g: nx.DiGraph) -> str:
+    """A fixed-width table of the classifiers of a multi-exit network: what each costs."""
+    head = ("exit", "params", "MACs", "MACs with earlier exits")
+    rows = [head]
+    for r in exits(g):
+        rows.append((r["name"], f"{r['params']:,}", f"{r['mult_adds']:,}", f"{r['mult_adds_anytime']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+
+    def fmt(r: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
+    return "\n".join([fmt(rows[0]), "  ".join("-" * w for w in widths), *map(fmt, rows[1:])])
+
+
 def to_json(g: nx.DiGraph) -> dict[str, Any]:
     net = g.graph["network"]
     return {
@@ -64,6 +101,7 @@ def to_json(g: nx.DiGraph) -> dict[str, Any]:
         "input": list(g.nodes["input"]["shape"]),
         "output": list(g.nodes[g.graph["output"]]["shape"]),
         "blocks": units(g),
+        **({"exits": exits(g)} if g.graph["exits"] else {}),
         "convention": CONVENTION,
         "spec": net.model_dump(mode="json"),
     }

@@ -332,6 +332,8 @@ def python_source(
 
 
 def _tree_only(g: nx.DiGraph) -> bool:
-    """Whether the network uses the spec's own layers or connectivities, which only the tree writer writes."""
+    """Whether the network uses the spec's own layers or connectivities, exits or a grid of scales, which
+    only the tree writer writes."""
     kinds = {c["kind"] for c in g.graph["containers"].values()}
-    return bool(kinds & {"composite", "layer", "branches"}) or any(u.get("general") for u in g.graph["units"].values())
+    own = {"composite", "layer", "branches", "scales"}
+    return bool(kinds & own) or bool(g.graph["exits"]) or any(u.get("general") for u in g.graph["units"].values())

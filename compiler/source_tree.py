@@ -21,9 +21,9 @@ WIDTH = 120
 
 # The settings the emitter gives dnetc's containers, written where they differ from the class's own.
 SETTINGS = {
-    modules.DenseBlock: ("concat_input", "links", "outputs", "bypass", "residual"),
+    modules.DenseBlock: ("concat_input", "links", "outputs", "bypass", "residual", "dual"),
     modules.Branches: ("join",),
-    modules.Features: ("keeps", "joins"),
+    modules.Features: ("keeps", "joins", "taps"),
 }
 # torch modules: the constructor's arguments, read back from the module
 TORCH_ARGUMENTS = {
@@ -42,6 +42,8 @@ TORCH_ARGUMENTS = {
     nn.AvgPool1d: ("kernel_size", "stride", "padding", "ceil_mode"),
     nn.ChannelShuffle: ("groups",),
     nn.Linear: ("in_features", "out_features"),
+    nn.Sequential: (),
+    nn.ModuleList: (),
 }
 DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True, "ceil_mode": False, "inplace": False}
 
@@ -149,7 +151,11 @@ class _TreeWriter:
             else:
                 out.append(f"{indent}{var}.{name} = {text}")
         for name, child in children:
-            out += self.build(child, f"{var}.{name}", depth + 1, indent)
+            if name.isidentifier():
+                out += self.build(child, f"{var}.{name}", depth + 1, indent)
+            else:  # a list's entry (`exits.0`): made, then added by name
+                out += self.build(child, f"d{depth + 1}", depth + 1, indent)
+                out.append(f'{indent}{var}.add_module("{name}", d{depth + 1})')
         return out
 
     def classes(self) -> list[str]:
@@ -166,13 +172,19 @@ class _TreeWriter:
     def write(self) -> str:
         classifier = self.model.classifier
         features = self.build(self.model.features, "d0", 0, INDENT * 2)
-        classes = self.classes()
-        copied = "\n".join(classes)  # the imports follow what the copied classes use
         classifier_line = (
             self.build(classifier, "self.classifier", 1, INDENT * 2)
             if classifier is not None
             else [f"{INDENT * 2}self.classifier = None"]
         )
+        exits = self.model.exits
+        exit_lines = (
+            [*self.build(exits, "d0", 0, INDENT * 2), f"{INDENT * 2}self.exits = d0"]
+            if exits is not None
+            else [f"{INDENT * 2}self.exits = None"]
+        )
+        classes = self.classes()  # every module built: the classes they are made of
+        copied = "\n".join(classes)  # the imports follow what the copied classes use
         body = [
             "class DenseNet(nn.Module):",
             f'{INDENT}"""{self.g.graph["name"]}: `features`, then `classifier`, as dnetc compiled it."""',
@@ -182,11 +194,10 @@ class _TreeWriter:
             *features,
             f"{INDENT * 2}self.features = d0",
             *classifier_line,
+            *exit_lines,
             f"{INDENT * 2}initialise(self)",
             "",
-            f"{INDENT}def forward(self, x: Tensor) -> Tensor:",
-            f"{INDENT * 2}x = self.features(x)",
-            f"{INDENT * 2}return self.classifier(x) if self.classifier is not None else x",
+            *inspect.getsource(modules.DenseNet.forward).rstrip().splitlines(),  # one forward, copied
         ]
         lines = [
             *self.header,
@@ -196,7 +207,9 @@ class _TreeWriter:
             "import io",
             *(["import math"] if "math." in copied else []),
             *(["from collections.abc import Callable"] if "Callable" in copied else []),
-            *(["from typing import NamedTuple"] if "NamedTuple" in copied else []),
+            *(["from typing import Any, NamedTuple"] if "NamedTuple" in copied and "Any" in copied else []),
+            *(["from typing import NamedTuple"] if "NamedTuple" in copied and "Any" not in copied else []),
+            *(["from typing import Any"] if "Any" in copied and "NamedTuple" not in copied else []),
             "",
             "import torch",
             *(["import torch.nn.functional as F"] if "F." in copied else []),

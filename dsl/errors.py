@@ -94,4 +94,7 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(word, sorted(set(choices)), n=3, cutoff=0.6)
     if not close:
         return None
+    # the clearly closest alone: `dnese` is `dense`, not also `msdense`
+    score = [difflib.SequenceMatcher(None, word, c).ratio() for c in close]
+    close = [c for c, r in zip(close, score, strict=True) if r >= score[0] - 0.1]
     return "did you mean " + " or ".join(f"`{c}`" for c in close) + "?"

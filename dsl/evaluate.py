@@ -215,8 +215,8 @@ def _connectivity(kind: str, what: str, check: Callable[[float], bool], hint: st
         if len(args) != 1:
             raise DnetError(f"{kind} takes one number: {what}", f.span, help=f"for example {hint}")
         v = _number(args[0], f.args[0], kind)
-        if kind == "window":
-            v = _whole(v, f.args[0], "window")
+        if kind in ("window", "dual"):
+            v = _whole(v, f.args[0], kind)
         if not check(v):
             raise DnetError(f"`{render(f)}`: {what}", f.span, help=f"for example {hint}")
         return spec.Connectivity(kind=kind, value=v)
@@ -237,6 +237,9 @@ FUNCTIONS: dict[str, Callable[[list, ast.Function], Any]] = {
         "window", "the number of latest feature maps each layer reads, >= 1", lambda v: v >= 1, "window(3)"
     ),
     "harmonic": _connectivity("harmonic", "HarDNet's width multiplier m, > 0", lambda v: v > 0, "harmonic(1.7)"),
+    "dual": _connectivity(
+        "dual", "the residual channels r of each layer's output, a whole number >= 1", lambda v: v >= 1, "dual(256)"
+    ),
     "partial": _connectivity(
         "partial", "the fraction of channels that bypass the block, 0 < r < 1", lambda v: 0 < v < 1, "partial(0.5)"
     ),

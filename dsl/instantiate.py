@@ -156,19 +156,40 @@ class _Body:
             kept.append(spec.Ref(name=stmt.name, index=len(kept)))
             self.add(spec.Keep(name=stmt.name, span=stmt.span))
         elif isinstance(stmt, ast.Section):
-            ops = spec.STEM_OPS if stmt.kind == "stem" else spec.HEAD_OPS
+            ops = spec.STEM_OPS if stmt.kind == "stem" else spec.HEAD_PART_OPS
             calls = [
-                expand(call_value(c, scope))
-                if stmt.kind == "stem" and is_layer(c, scope)
-                else bind_call(c, ops, scope, f"a `{stmt.kind}`")
+                expand(call_value(c, scope)) if is_layer(c, scope) else bind_call(c, ops, scope, f"a `{stmt.kind}`")
                 for c in stmt.calls
             ]
-            model = spec.Stem if stmt.kind == "stem" else spec.Head
+            if stmt.kind != "stem":
+                self.classifier_last(stmt, calls)
+            model = {"stem": spec.Stem, "head": spec.Head, "exit": spec.Exit}[stmt.kind]
             self.add(model(ops=calls, span=stmt.span))
         elif isinstance(stmt, ast.Repeat):
             self.repeat(stmt, scope)
         else:
             self.add(self.body_call(stmt, scope))
+
+    @staticmethod
+    def classifier_last(stmt: ast.Section, ops: list[spec.Node]) -> None:
+        """A head or an exit ends in one classifier, after the operations that lead to it."""
+        at = [i for i, op in enumerate(ops) if op.kind in spec.HEAD_OPS]
+        example = f"{stmt.kind} {{ conv(3, 128, stride = 2) norm relu classifier(classes) }}"
+        if not at:
+            raise DnetError(
+                f"a `{stmt.kind}` ends in a classifier, and this one has none",
+                stmt.span,
+                help=f"end it with one of {', '.join(f'`{k}`' for k in spec.HEAD_OPS)}: `{example}`",
+            )
+        if len(at) > 1 or at[0] != len(ops) - 1:
+            where = stmt.calls[at[0] if at[0] != len(ops) - 1 else at[1]].span
+            raise DnetError(
+                f"a `{stmt.kind}` has one classifier, at its end",
+                where,
+                help="put the operations that lead to it first"
+                if len(at) == 1
+                else f"a network with several classifiers writes the early ones as `exit`s: `{example}`",
+            )
 
     def body_call(self, call: ast.Call, scope: Scope) -> spec.Node:
         """An operation of the body, or a user-defined layer called there (a transition of one's own)."""
@@ -215,9 +236,10 @@ class _Body:
                     made[which, width] = expand(layers[which], {"growth": width})
                 out.append(made[which, width])
             update["layer"] = out
-        if "fuse" in deferred:
-            value, arg = deferred["fuse"]
-            update["fuse"] = expand(layer_argument(value, "fuse", arg.value.span, arg.value))
+        for name in ("fuse", "entry"):
+            if name in deferred:
+                value, arg = deferred[name]
+                update[name] = expand(layer_argument(value, name, arg.value.span, arg.value))
         return node.model_copy(update=update)
 
     def setting(self, stmt: ast.Setting, scope: Scope) -> None:

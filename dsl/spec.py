@@ -7,6 +7,8 @@ description is the help a user sees when a value is wrong.
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -85,7 +87,9 @@ class Conv(Node):
     kind: Literal["conv"] = "conv"
     keyword_only = ("bias",)
     kernel: Size = Field(description="the kernel size: `3` or `3x3` (one size per spatial dimension)")
-    channels: PositiveInt = Field(description="the number of output channels, > 0")
+    channels: PositiveInt | None = Field(
+        default=None, description="the number of output channels, > 0; `none` (or left out): the input's"
+    )
     stride: Size = Field(default=1, description="the stride, > 0")
     padding: NonNegativeSize | None = Field(
         default=None, description="zero padding; by default dilation * (kernel - 1) // 2, which keeps the size"
@@ -214,8 +218,8 @@ class Connectivity(BaseModel):
     new maps of layer i. The compiler draws exactly these edges; shapes and counts follow them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["all", "window", "exponential", "harmonic", "aggregate", "partial"] = "all"
-    value: float | None = Field(default=None, description="window(n): n; harmonic(m): m; partial(r): r")
+    kind: Literal["all", "window", "exponential", "harmonic", "aggregate", "partial", "dual"] = "all"
+    value: float | None = Field(default=None, description="window(n): n; harmonic(m): m; partial(r): r; dual(r): r")
 
     def __str__(self) -> str:
         return self.kind if self.value is None else f"{self.kind}({self.value:g})"
@@ -233,7 +237,10 @@ class Connectivity(BaseModel):
         return list(range(i))
 
     def width(self, i: int, growth: int) -> int:
-        """Layer i's new channels: the growth rate, or HarDNet's growth·m^(links - 1) made even."""
+        """Layer i's new channels: the growth rate, HarDNet's growth·m^(links - 1) made even, or DPN's r
+        residual channels and the growth rate's new ones."""
+        if self.kind == "dual":
+            return int(self.value or 0) + growth
         if self.kind != "harmonic":
             return growth
         out: float = growth
@@ -257,7 +264,8 @@ class Connectivity(BaseModel):
 
 CONNECTIVITY_HELP = (
     "all (DenseNet), window(n) (the last n), exponential (SparseNet: offsets 1, 2, 4, ...), harmonic(m) "
-    "(HarDNet), aggregate (VoVNet's one-shot aggregation) or partial(r) (CSPNet: r of the channels bypass)"
+    "(HarDNet), aggregate (VoVNet's one-shot aggregation), partial(r) (CSPNet: r of the channels bypass) or "
+    "dual(r) (DPN: each layer adds its first r channels to a running residual and appends the rest)"
 )
 
 
@@ -337,6 +345,12 @@ class LinearClassifier(Node):
 
 
 HeadOp = Annotated[Classifier | PixelClassifier | LinearClassifier, Field(discriminator="kind")]
+# a head or an exit: some of the language's layer operations and layers of one's own, then one classifier
+BEFORE_CLASSIFIER = (Conv, DWConv, Norm, ReLU, Act, MaxPool, AvgPool, Dropout, SqueezeExcite)
+HeadPart = Annotated[
+    functools.reduce(operator.or_, (*BEFORE_CLASSIFIER, Composite, Classifier, PixelClassifier, LinearClassifier)),
+    Field(discriminator="kind"),
+]
 
 # ---- the parts of a network ----------------------------------------------------------------
 
@@ -345,8 +359,8 @@ class DenseBlock(Node):
     """Layers each fed the concatenation of all earlier feature maps, each adding `growth` channels."""
 
     kind: Literal["dense"] = "dense"
-    keyword_only = ("bias", "concat_input", "two_way", "connect", "layer", "fuse", "residual")
-    layer_fields = ("layer", "fuse")
+    keyword_only = ("bias", "concat_input", "two_way", "connect", "layer", "fuse", "residual", "entry")
+    layer_fields = ("layer", "fuse", "entry")
     layers: PositiveInt = Field(
         le=MAX_LAYERS_PER_BLOCK, description=f"the number of layers in the block, 1 to {MAX_LAYERS_PER_BLOCK}"
     )
@@ -382,6 +396,11 @@ class DenseBlock(Node):
     )
     residual: bool = Field(
         default=False, description="add the block's input to its output (after `fuse`), as VoVNet-v2 and RDN do"
+    )
+    entry: Composite | None = Field(
+        default=None,
+        description="with `connect = dual(r)`: a layer of the block's input whose first r channels start the "
+        "residual path and the rest the dense path (DPN's projection)",
     )
 
 
@@ -449,12 +468,70 @@ class Stem(Node):
 
 
 class Head(Node):
+    """The network's last classifier, after any operations or layers of the spec's own that lead to it."""
+
     kind: Literal["head"] = "head"
-    ops: list[HeadOp]
+    ops: list[HeadPart]
+
+
+class Exit(Node):
+    """An early classifier (`exit ...`, written as a head): it reads the current feature maps (on a grid
+    of scales, the coarsest) and leaves them as they are. A network with exits returns every exit's
+    scores and the head's, stacked in order: anytime prediction (MSDNet) and deep supervision."""
+
+    kind: Literal["exit"] = "exit"
+    ops: list[HeadPart]
+
+
+class Scales(Node):
+    """MSDNet's first column (Huang et al. 2018): the current maps become the finest of a grid of
+    scales, and each coarser scale is a stride-2 Conv3x3-BN-activation of the one before, with
+    `channels * factors[s]` channels. Later `msdense` blocks grow every scale of the grid."""
+
+    kind: Literal["scales"] = "scales"
+    channels: PositiveInt = Field(
+        le=MAX_CHANNELS, description="the base width: scale s has channels * factors[s] (the finest: the stem's)"
+    )
+    factors: list[PositiveInt] = Field(
+        min_length=2, max_length=8, description="each scale's width factor, finest first, e.g. [1, 2, 4]"
+    )
+
+
+class MultiScaleDense(Node):
+    """MSDNet's dense layers on the grid of scales: at each scale a layer concatenates its input, a
+    Conv3x3 of the same scale's maps, and a stride-2 Conv3x3 of the next finer scale's (growth·factor/2
+    channels each; the finest only the first, growth·factor), each conv after a 1x1 bottleneck of at
+    most `bottlenecks[s]` times its width. As the network deepens the finest scales are dropped
+    (the authors' `prune max`: evenly over all msdense layers), and where one is dropped a transition
+    (Conv1x1-BN-activation at each scale) keeps `reduction` of the channels."""
+
+    kind: Literal["msdense"] = "msdense"
+    keyword_only = ("bottlenecks", "reduction")
+    layers: PositiveInt = Field(
+        le=MAX_LAYERS_PER_BLOCK, description=f"the number of layers in the block, 1 to {MAX_LAYERS_PER_BLOCK}"
+    )
+    growth: PositiveInt = Field(le=MAX_CHANNELS, description="the base growth rate: scale s grows growth * factors[s]")
+    bottlenecks: list[PositiveInt] | None = Field(
+        default=None,
+        description="each scale's bottleneck width factor (the authors' bnFactor, e.g. [1, 2, 4]); `none`: no 1x1",
+    )
+    reduction: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="the compression of the transition where a scale is dropped; 0: none"
+    )
 
 
 Part = Annotated[
-    Stem | DenseBlock | Transition | TransitionDown | TransitionUp | Keep | Composite | Head,
+    Stem
+    | DenseBlock
+    | Transition
+    | TransitionDown
+    | TransitionUp
+    | Keep
+    | Composite
+    | Scales
+    | MultiScaleDense
+    | Exit
+    | Head,
     Field(discriminator="kind"),
 ]
 
@@ -492,6 +569,10 @@ class Network(Node):
     def blocks(self) -> list[DenseBlock]:
         return [p for p in self.parts if isinstance(p, DenseBlock)]
 
+    @property
+    def exits(self) -> list[Exit]:
+        return [p for p in self.parts if isinstance(p, Exit)]
+
 
 # The operations a call may name, by where it stands.
 STEM_OPS: dict[str, type[Node]] = {
@@ -520,8 +601,14 @@ JOINS = ("concat", "add")  # how parallel branches in a layer are joined
 HEAD_OPS: dict[str, type[Node]] = {
     m.model_fields["kind"].default: m for m in (Classifier, PixelClassifier, LinearClassifier)
 }
+# what a head or an exit may call: the operations before its classifier, and the classifiers
+HEAD_PART_OPS: dict[str, type[Node]] = {
+    **{m.model_fields["kind"].default: m for m in BEFORE_CLASSIFIER},
+    **HEAD_OPS,
+}
 BODY_OPS: dict[str, type[Node]] = {
-    m.model_fields["kind"].default: m for m in (DenseBlock, Transition, TransitionDown, TransitionUp)
+    m.model_fields["kind"].default: m
+    for m in (DenseBlock, Transition, TransitionDown, TransitionUp, Scales, MultiScaleDense)
 }
 
 

@@ -72,13 +72,14 @@ def describe_expected(expected: set[str]) -> str:
             "FOR",
             "STEM",
             "HEAD",
+            "EXIT",
             "MEMORY",
             "NORMALIZATION",
             "ACTIVATION",
             "KEEP",
         }
         words.append(
-            "a statement (`input`, `let`, `stem`, `head`, `repeat`, `for`, `memory`, `normalization`, "
+            "a statement (`input`, `let`, `stem`, `head`, `exit`, `repeat`, `for`, `memory`, `normalization`, "
             "`activation`, `keep` or an operation)"
         )
     words += sorted(describe_terminal(t) for t in expected)

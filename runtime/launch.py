@@ -311,6 +311,18 @@ def evaluate(
     scores = trainer.evaluate()
     title = run.dataset.title(run.config.augment) + (", ten crops" if ten_crop else "")
     print(f"{title} {trainer.task.score(scores)}, test loss {scores['test_loss']:.4f}: {path}")
+    if run.graph.graph["exits"]:  # a multi-exit network: its anytime and budgeted tables
+        from compiler.report import exits
+
+        from . import anytime
+
+        result = anytime.evaluate(trainer, exits(run.graph))
+        print()
+        print(anytime.tables(result))
+        if target:  # beside the run's config.json
+            written = (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / "anytime.json"
+            written.write_text(json.dumps(result, indent=2))
+            print(f"\nboth tables in {written}")
     return 0
 
 

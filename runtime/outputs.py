@@ -133,8 +133,18 @@ def summary(
         file=out,
     )
     print(report.CONVENTION, file=out)
+    if g.graph["exits"]:
+        print(file=out)
+        print(
+            f"{len(g.graph['exits']) + 1} classifiers, each scoring the input (the model returns them stacked):",
+            file=out,
+        )
+        print(report.exit_table(g), file=out)
     print(file=out)
     print(report.memory_table(g, batch, dtype, lowering), file=out)
+    grids = [u for u, info in g.graph["units"].items() if info["kind"] == "msdense"]
+    if grids and lowering != "naive":
+        print(f"\nThe {lowering} lowering covers dense blocks; {', '.join(grids)} run as naive.", file=out)
     fallbacks: dict[tuple[str, str | None], list[str]] = {}
     for name, module in model.named_modules():
         # a lowering's own block says why it falls back; a block the emitter made naive instead says it too

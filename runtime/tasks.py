@@ -125,6 +125,50 @@ class Evaluation:
         return torch.cat([self.sums, self.confusion])
 
 
+class ExitEvaluation(Evaluation):
+    """The head's loss, hits and cells, and each early exit's hits, from stacked scores."""
+
+    def __init__(self, task: Classification, exits: int, classes: int, device: torch.device) -> None:
+        super().__init__(task, classes, device)
+        self.exit_hits = torch.zeros(exits, dtype=torch.float64, device=device)
+
+    def add(self, out: Tensor, y: Tensor) -> None:
+        super().add(out[-1], y)
+        self.exit_hits += torch.stack([self.task.hits(o, y).double() for o in out[:-1].unbind(0)])
+
+    def values(self) -> Tensor:
+        return torch.cat([self.sums, self.exit_hits, self.confusion])
+
+
+class MultiExit:
+    """A task on a network with early exits, whose output stacks the exits' scores and the head's
+    (last): every exit learns the labels, their losses summed as MSDNet trains them; the head's
+    error is the run's, and each exit's is reported beside it (`test_exit1_error`, ...)."""
+
+    def __init__(self, task: Classification, exits: int) -> None:
+        self.task, self.exits = task, exits
+
+    def __getattr__(self, name: str) -> Any:  # what exits do not change is the task's own
+        return getattr(self.task, name)
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return sum((self.task.loss(o, y) for o in out.unbind(0)), out.new_zeros(()))
+
+    def hits(self, out: Tensor, y: Tensor) -> Tensor:
+        return self.task.hits(out[-1], y)
+
+    def evaluation(self, classes: int, device: torch.device) -> Evaluation:
+        return ExitEvaluation(self.task, self.exits, self.task.evaluation(classes, device).classes, device)
+
+    def metrics(self, split: str, loss: float, correct: float, n: int, cells: list[float]) -> dict[str, float]:
+        own = {f"{split}_exit{e + 1}_error": 100.0 * (1 - hits / n) for e, hits in enumerate(cells[: self.exits])}
+        return {**self.task.metrics(split, loss, correct, n, cells[self.exits :]), **own}
+
+    def epoch_line(self, r: dict[str, Any]) -> str:
+        errors = "/".join(f"{r[f'test_exit{e + 1}_error']:.1f}" for e in range(self.exits))
+        return self.task.epoch_line(r) + f"exits {errors}%  "
+
+
 def _iou(cells: list[float], classes: int) -> list[float]:
     """Intersection over union of each class present in the labels or predictions, from a confusion matrix."""
     m = torch.tensor(cells, dtype=torch.float64).view(classes, classes)

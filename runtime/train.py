@@ -25,12 +25,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from compiler.lowerings import LOWERINGS
 
@@ -40,7 +42,7 @@ from .data import generator, load
 from .distributed import World
 from .logs import Logs
 from .step import WINDOW, Meter, Step, Totals, module_refusal
-from .tasks import TASKS
+from .tasks import TASKS, MultiExit
 
 __all__ = ["Config", "Trainer", "TrainingError", "UsageError", "check", "resolve"]
 
@@ -67,6 +69,8 @@ class Trainer:
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)  # streams, events and graph capture follow the current device
         self.task = TASKS[run.dataset.task]
+        if run.graph.graph["exits"]:  # early classifiers: all trained, each scored
+            self.task = MultiExit(self.task, len(run.graph.graph["exits"]))
         check(c, world.size)
         if c.deterministic:
             if self.device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace
@@ -370,22 +374,32 @@ class Trainer:
         with the features' inference weights (the EMA's); counted on the device, read once."""
         n = len(self.data.val if split == "val" else self.data.test)
         evaluation = self.task.evaluation(self.data.classes, self.device)
-        self.model.eval()
-        with self.inference.weights() if self.inference else contextlib.nullcontext():
-            for x, y in self.data.test_batches(self.world.share(n), split=split):  # each rank its share, summed
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                crops = self.data.crops
-                if crops > 1:  # ten-crop: average the probabilities of an image's views
-                    x = x.flatten(0, 1)
-                if self.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                out = self.model(x).float()
-                if crops > 1:
-                    out = out.view(len(y), crops, -1).softmax(-1).mean(1).log()
-                evaluation.add(out, y)
-        self.model.train()
+        for out, y in self.outputs(split):
+            evaluation.add(out, y)
         loss, correct, *cells = self.world.sum_tensor(evaluation.values())
         return self.task.metrics(split, loss, correct, n, cells)
+
+    @torch.no_grad()
+    def outputs(self, split: str = "test") -> Iterator[tuple[Tensor, Tensor]]:
+        """The model's scores and the labels of this rank's share of a split, batch by batch: eval mode,
+        no augmentation, the features' inference weights (the EMA's)."""
+        n = len(self.data.val if split == "val" else self.data.test)
+        self.model.eval()
+        try:
+            with self.inference.weights() if self.inference else contextlib.nullcontext():
+                for x, y in self.data.test_batches(self.world.share(n), split=split):  # each rank its share
+                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    crops = self.data.crops
+                    if crops > 1:  # ten-crop: average the probabilities of an image's views
+                        x = x.flatten(0, 1)
+                    if self.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    out = self.model(x).float()
+                    if crops > 1:
+                        out = out.unflatten(-2, (len(y), crops)).softmax(-1).mean(-2).log()
+                    yield out, y
+        finally:
+            self.model.train()
 
     def _end_epoch(self, totals: Totals, clock: Clock, lr: float) -> dict[str, Any]:
         seconds = clock.seconds()

@@ -86,14 +86,22 @@ PIECES = [
     "dwconv",
     "se(0.25)",
     "shuffle(2)",
+    "exit",
+    "scales(8, [1, 2])",
+    "msdense(2, 4)",
+    "connect = dual(4)",
+    "entry = ",
 ]
 
 # layers of the generated specs' own: branches, depthwise convs, squeeze-excitation
 GENERATED_LAYERS = """layer gen_plain(growth) { norm act conv(3, growth) }
 layer gen_branches(growth, width = 2) { norm act conv(1, width * growth) concat { conv(3, growth) } { dwconv norm } }
 layer gen_residual(growth) { conv(1, growth) norm act add { } { dwconv norm act } se(0.5) }
+layer gen_entry(channels) { norm act conv(1, channels) }
 """
-CONNECTIVITIES = ["all", "window(2)", "exponential", "harmonic(1.6)", "aggregate"]
+CONNECTIVITIES = ["all", "window(2)", "exponential", "harmonic(1.6)", "aggregate", "dual(2)"]
+# what a connectivity needs beside it: DPN's dual path starts from an entry layer of more than r channels
+BESIDE = {"dual(2)": ", entry = gen_entry(5)"}
 LAYER_CHOICES = ["", "gen_plain", "gen_branches", "gen_residual"]
 
 
@@ -161,8 +169,31 @@ def specs(draw: st.DrawFn) -> str:
     lines.append(f"    input {draw(st.integers(1, 4))} x " + " x ".join([str(size)] * rank))
     lines.append(f"    normalization {draw(st.sampled_from(['batch', 'layer', 'group(1)']))}")
     lines.append(f"    activation {draw(st.sampled_from(['relu', 'prelu', 'silu', 'gelu']))}")
-    lines.append(f"    stem conv({draw(st.sampled_from([1, 3]))}, {draw(st.integers(4, 16))})")  # θ=0.3 keeps >= 1
+    stem = draw(st.integers(4, 16))
+    lines.append(f"    stem conv({draw(st.sampled_from([1, 3]))}, {stem})")  # θ=0.3 keeps >= 1
     blocks = draw(st.integers(1, 3))
+    head = draw(st.booleans())
+    classes = draw(st.integers(1, 20))
+    # early exits, which need a head to match; exit after a block is one of these, drawn per block
+    exits = [
+        "",
+        f"    exit classifier({classes})",
+        f"    exit {{ conv(3, 8, stride = 2) linear_classifier({classes}) }}",
+    ]
+    if draw(st.booleans()):  # MSDNet's grid of scales: msdense blocks instead of dense ones
+        factors = draw(st.sampled_from([[1, 2], [1, 1, 2], [1, 2, 4]]))
+        width = f"[{', '.join('1' for _ in factors)}]"
+        lines.append(f"    scales({stem}, [{', '.join(map(str, factors))}])")
+        for _ in range(blocks):
+            bottlenecks = draw(st.sampled_from(["none", width]))
+            growth, reduction = 2 * draw(st.integers(1, 4)), draw(st.sampled_from(["0", "0.5"]))
+            layers = draw(st.integers(1, 3))
+            lines.append(f"    msdense({layers}, {growth}, bottlenecks = {bottlenecks}, reduction = {reduction})")
+            if head:
+                lines.append(draw(st.sampled_from(exits[:2])))
+        if head:
+            lines.append(f"    head classifier({classes})")
+        return "\n".join([*lines, "}"])
     for b in range(blocks):
         bottleneck = draw(st.sampled_from(["none", "1", "2", "4"]))
         dropout = draw(st.sampled_from(["0", "0.2"]))
@@ -170,14 +201,19 @@ def specs(draw: st.DrawFn) -> str:
         layer = draw(st.sampled_from(LAYER_CHOICES))
         # a layer of the spec's own says its own widths: the built-in layer's settings go with the built-in
         own = f", layer = {layer}" if layer else f", bottleneck = {bottleneck}, dropout = {dropout}"
-        lines.append(f"    dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 12))}, connect = {connect}{own})")
+        beside = BESIDE.get(connect, "")
+        lines.append(
+            f"    dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 12))}, connect = {connect}{own}{beside})"
+        )
         if b < blocks - 1:
             # a window's or SparseNet's block may return as few as 2 channels: 0.3 of them would be none
             small = connect in ("window(2)", "exponential")
             choices = ["0.5", "1", "0.75"] if small else ["0.5", "1", "0.75", "0.3"]
             lines.append(f"    transition(compression = {draw(st.sampled_from(choices))})")
-    if draw(st.booleans()):
-        lines.append(f"    head classifier({draw(st.integers(1, 20))})")
+        if head and rank == 2:
+            lines.append(draw(st.sampled_from(exits)))
+    if head:
+        lines.append(f"    head classifier({classes})")
     return "\n".join([*lines, "}"])
 
 

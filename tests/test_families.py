@@ -48,7 +48,7 @@ def test_hardnet_counts_equal_the_authors_code(name):
 
 
 @pytest.mark.parametrize("name", sorted(VOVNET))
-def test_vovnet_counts_equal_timm(name):
+def test_vovnet_and_dpn_counts_equal_timm(name):
     g = compiler.build_graph(dsl.load(name))
     assert g.graph["params"] == VOVNET[name]["params"]
     # torchinfo leaves out timm's BatchNormAct2d (not a leaf); dnetc counts 2 per channel for each norm
@@ -56,11 +56,33 @@ def test_vovnet_counts_equal_timm(name):
     assert g.graph["macs"] - norms == VOVNET[name]["mult_adds"]
 
 
-def test_timm_builds_the_recorded_vovnets():
+def test_timm_builds_the_recorded_vovnets_and_dpns():
     timm = pytest.importorskip("timm")
     for name, counts in VOVNET.items():
         model = timm.create_model(name, pretrained=False)
         assert sum(p.numel() for p in model.parameters()) == counts["params"], name
+
+
+def test_dpn_computes_what_timms_computes():
+    """A small DPN of timm's (its DualPathBlock and DPN classes) and the zoo's spec with the same
+    settings, timm's weights loaded in order: the same scores (timm's batch norms use eps 1e-3)."""
+    timm_dpn = pytest.importorskip("timm.models.dpn")
+    settings = {"k_sec": (1, 2, 1, 1), "inc_sec": (4, 4, 8, 8), "k_r": 32, "groups": 4, "small": True}
+    reference = timm_dpn.DPN(**settings, num_init_features=8, num_classes=10).eval()
+    blocks, inc = list(settings["k_sec"]), list(settings["inc_sec"])
+    ours = compiler.compile(
+        "dpn", small=True, init=8, k_r=32, groups=4, blocks=blocks, inc=inc, classes=10, size=32
+    ).eval()
+    theirs = list(reference.state_dict().values())
+    mine = ours.state_dict()
+    assert [t.numel() for t in theirs] == [t.numel() for t in mine.values()]
+    ours.load_state_dict({k: t.reshape(v.shape) for (k, v), t in zip(mine.items(), theirs, strict=True)})
+    for m in ours.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = 1e-3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), reference(x), atol=1e-5)
 
 
 def test_hardnet_links_are_the_papers():
@@ -148,6 +170,8 @@ SPECS = {
     "window_dropout": "    stem cna(8)\n    dense(3, 4, connect = window(2), dropout = 0.2)\n    head classifier(5)",
     "exponential_partial": "    stem cna(8)\n    dense(3, 4, connect = exponential)\n"
     "    dense(2, 4, connect = partial(0.5))\n    head classifier(5)",
+    "dual": "    stem cna(8)\n    dense(3, 4, connect = dual(6), entry = cna(14, 1), layer = conv3)\n"
+    "    dense(2, 4, connect = dual(4), entry = cna(12, 1), dropout = 0.1)\n    head classifier(5)",
 }
 # every new construct in one network, for the slower checks (ONNX export): own layers, branches, se, ese,
 # shuffle, dwconv, each connectivity, fuse, residual, and CondenseNet's learned convs and selection
@@ -157,6 +181,7 @@ EVERYTHING = (
     "    cna(16, 1)\n    dense(3, 4, connect = aggregate, layer = conv3, fuse = fuse_ese(16), residual = true)\n"
     "    dense(2, 4, layer = [two_way, residual_dw])\n    dense(2, 4, connect = window(2), layer = learned)\n"
     "    dense(2, 4, connect = exponential)\n    dense(2, 4, connect = partial(0.5), layer = condensed)\n"
+    "    dense(2, 4, connect = dual(4), entry = cna(12, 1), layer = conv3)\n"
     "    head classifier(5, keep = 0.5)"
 )
 
@@ -269,6 +294,21 @@ ERRORS = [
     ),
     ("if statement", "", "    if true { dense(2, 4) }", (4, 13), "`if` is not a statement"),
     ("pool in the body", "", "    maxpool(2)", (4, 5), "in a layer of your own that the body calls"),
+    (
+        "dual entry",
+        "",
+        "    stem conv(3, 8)\n    dense(2, 4, connect = dual(4))",
+        (5, 5),
+        "starts from an `entry` layer",
+    ),
+    (
+        "dual width",
+        "layer e(c) { conv(1, c) }",
+        "    stem conv(3, 8)\n    dense(2, 4, connect = dual(9), entry = e(6))",
+        (5, 5),
+        "takes the first 9 channels of each layer's output for the residual path, but this one has 6",
+    ),
+    ("dual value", "", "    dense(2, 4, connect = dual(2.5))", (4, 32), "dual needs an integer"),
 ]
 
 

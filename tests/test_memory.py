@@ -16,7 +16,7 @@ from compiler.memory import choose_lowering
 from compiler.modules import DenseLayer
 
 from .conftest import ZOO_DISTINCT
-from .fuzzing import CONNECTIVITIES, GENERATED_LAYERS, LAYER_CHOICES
+from .fuzzing import BESIDE, CONNECTIVITIES, GENERATED_LAYERS, LAYER_CHOICES
 
 LOWERINGS = ("checkpoint", "shared", "fused")
 # fused's arithmetic is naive's in another order (statistics once, BN folded into a scale and shift), so
@@ -42,6 +42,27 @@ REDUCED = {
     },
     "vovnet": {"stem": [8, 8, 12], "mid": [6, 8], "out": [12, 16], "layers": 3, "blocks": [1, 2], "size": 16},
     "condensenet": {"stages": [2, 2], "growth": [8, 16], "size": 16},
+    "dpn": {
+        "widths": [8, 8, 16, 16],
+        "blocks": [1, 2, 1, 2],
+        "inc": [4, 4, 8, 8],
+        "init": 8,
+        "k_r": 32,
+        "groups": 2,
+        "size": 64,
+    },
+    # the input keeps its size (the classifiers need 7x7 or more at the coarsest scale); three scales and
+    # layers so many that the last keeps only the coarsest, whose maps alone the head reads
+    "msdnet": {
+        "blocks": 3,
+        "step": 1,
+        "base": 1,
+        "channels": 4,
+        "growth": 4,
+        "width": 8,
+        "factors": [1, 2, 4],
+        "bottlenecks": [1, 2, 4],
+    },
 }
 
 
@@ -125,17 +146,23 @@ def small_specs(draw) -> dsl.Network:
     lines = [*GENERATED_LAYERS.splitlines(), f"network n {{ input 2 x {draw(st.sampled_from([4, 8, 12]))} x 8"]
     lines.append("stem conv(3, 6)")
     blocks = draw(st.integers(1, 3))
+    head = draw(st.booleans())
     for b in range(blocks):
+        if head and draw(st.booleans()):  # an early exit before the block
+            lines.append("exit classifier(3)")
         bottleneck = draw(st.sampled_from(["none", "1", "2", "4"]))
         dropout = draw(st.sampled_from(["0", "0.2"]))
         # mostly DenseNet's own blocks (the lowerings' subject), some of the other connectivities and layers
         connect = draw(st.sampled_from(["all"] * 4 + CONNECTIVITIES[1:]))
         layer = draw(st.sampled_from([""] * 3 + LAYER_CHOICES[1:]))
         settings = f"layer = {layer}" if layer else f"bottleneck = {bottleneck}, dropout = {dropout}"
-        lines.append(f"dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 6))}, connect = {connect}, {settings})")
+        beside = BESIDE.get(connect, "")
+        lines.append(
+            f"dense({draw(st.integers(1, 4))}, {draw(st.integers(1, 6))}, connect = {connect}, {settings}{beside})"
+        )
         if b < blocks - 1:
             lines.append(f"transition({draw(st.sampled_from(['0.5', '1', '0.7']))}, {dropout})")
-    if draw(st.booleans()):
+    if head:
         lines.append("head classifier(3)")
     return dsl.parse("\n".join([*lines, "}"]))
 
