@@ -33,7 +33,7 @@ from .modules import (
     TwoWayDenseLayer,
     initialise,
 )
-from .passes import inputs
+from .passes import conv_groups, inputs, se_width
 
 
 def _nd(name: str, rank: int) -> type[nn.Module]:
@@ -49,7 +49,7 @@ def _conv(node: dict, c_in: int, rank: int) -> nn.Module:
         a["stride"],
         a["padding"],
         dilation=a.get("dilation", 1),
-        groups=a.get("groups", 1),
+        groups=conv_groups(node, c_in),
         bias=a.get("bias", False),
     )
 
@@ -97,7 +97,7 @@ FACTORIES: dict[str, Callable[[dict, int, int], nn.Module]] = {
     "global_pool": lambda node, c_in, rank: GlobalAvgPool(),
     "linear": lambda node, c_in, rank: nn.Linear(c_in, node["shape"][0]),
     "shuffle": lambda node, c_in, rank: nn.ChannelShuffle(node["args"]["groups"]),
-    "se": lambda node, c_in, rank: SqueezeExcite(c_in, node["args"]["width"], rank),
+    "se": lambda node, c_in, rank: SqueezeExcite(c_in, se_width(node, c_in), rank),
     "ese": lambda node, c_in, rank: EffectiveSqueezeExcite(c_in, rank),
     "lgconv": lambda node, c_in, rank: LearnedGroupConv(c_in, node["shape"][0], **node["args"]["learned"], rank=rank),
     "select": lambda node, c_in, rank: Select(c_in, node["shape"][0]),

@@ -96,6 +96,8 @@ def _saved_by_unit(g: nx.DiGraph, lowering: str, batch: int, size: int, device: 
     held: dict[str, set[str]] = {}  # unit -> storages held by the lowering itself
     records: dict[str, Lowering] = {}
     for (unit, _), nodes in layers.items():
+        if g.graph["units"][unit]["kind"] != "dense":  # the lowerings lower dense blocks; the rest runs naive
+            continue
         if unit not in records:  # once a block: it scans the graph for the block's norm and activation
             records[unit] = _lowering_of(g, unit, lowering)
         record = records[unit]

@@ -1,33 +1,24 @@
-"""Lower a validated spec to the graph IR: a networkx DiGraph with a node per operation.
+"""Lower a validated spec to the graph IR (compiler/ir.py's schema): a node per operation.
 
 Every dense connection is an edge: layer j of a block has j inputs (the block's input and each
-earlier layer's new features), concatenated in order (edge attribute `index`). Node attributes:
-
-    op       conv | norm | act | dropout | maxpool | avgpool | blurpool | shuffle | se | ese | slice | add
-             | global_pool | linear | concat | input
-    module   the dotted name of the torch module that carries it out (None for input and concat)
-    unit     stem | denseblockN | transitionN | head (the part of the network it belongs to)
-    layer    denselayerN inside a dense block, else None
-    args     what the op needs: channels, kernel, stride, padding, p, kind (of norm and act), ...
-    span     where the spec wrote it, for diagnostics
-
-`passes.infer` then adds `shape` (channels, *spatial), `params` and `macs` to every node.
-
-Graph attributes: `units` (each part's record: its kind and the spec's fields), `containers` (each
-module path above the op nodes -> the kind of module the emitter makes there, with its settings),
-`kept` (feature maps kept for skips) and `output`.
+earlier layer's new features), concatenated in order (edge attribute `index`). The builder decides
+each node's op, module, unit, layer, args and span; `passes.infer` then adds `shape` (channels,
+*spatial), `params` and `macs` to every node.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import networkx as nx
+from pydantic import BaseModel
 
 from dsl import DnetError, spec
 from dsl.errors import did_you_mean
 
+from .ir import Graph
 from .lowerings import choices
 from .passes import infer
 
@@ -65,7 +56,7 @@ GRAPH_OPS: dict[str, str] = {"relu": "act", "act": "act", "dwconv": "conv"}
 
 class _Builder:
     def __init__(self, network: spec.Network) -> None:
-        self.g = nx.DiGraph(name=network.name, network=network, units={}, kept={}, containers={})
+        self.g = Graph(name=network.name, network=network)
         self.rank = len(network.input.size)
         self.norm = {"kind": network.normalization}
         self.act = {"kind": network.activation}
@@ -280,21 +271,8 @@ class _Builder:
         connect = part.connect
         if part.two_way and connect.kind != "all":
             raise DnetError("PeleeNet's two-way layers connect to all earlier layers", part.span)
-        self.g.graph["units"][unit] = {
-            "kind": "dense",
-            "layers": part.layers,
-            "growth": part.growth,
-            "bottleneck": part.bottleneck if part.layer is None else None,
-            "dropout": part.dropout,
-            "concat_input": part.concat_input,
-            "bias": part.bias,
-            "two_way": part.two_way,
-            "connect": str(connect),
-            "layer": part.layer[0].name if part.layer else None,
-            "fuse": part.fuse.name if part.fuse else None,
-            "residual": part.residual,
-            "entry": part.entry.name if part.entry else None,
-        }
+        # a layer of the spec's own has its own widths: the built-in layer's bottleneck means nothing there
+        self.g.graph["units"][unit] = record(part, bottleneck=part.bottleneck if part.layer is None else None)
         prefix = f"{ROOT}.{unit}"
         general = connect.kind != "all" or part.layer is not None or part.fuse is not None or part.residual
         self.g.graph["units"][unit]["general"] = general
@@ -422,14 +400,7 @@ class _Builder:
     def transition(self, part: spec.Transition, t: int) -> None:
         unit = f"transition{t}"
         self.container(f"{ROOT}.{unit}", "transition")
-        self.g.graph["units"][unit] = {
-            "kind": "transition",
-            "compression": part.compression,
-            "dropout": part.dropout,
-            "blur": part.blur,
-            "conv_first": part.conv_first,
-            "pool": part.pool,
-        }
+        self.g.graph["units"][unit] = record(part)
         p = f"{ROOT}.{unit}"
         one, two, zero = (1,) * self.rank, (2,) * self.rank, (0,) * self.rank
         conv = {"compression": part.compression, "kernel": one, "stride": one, "padding": zero}
@@ -459,7 +430,7 @@ class _Builder:
         """BN-ReLU-Conv1x1 (every channel kept, bias)-Dropout-MaxPool 2 (Jégou et al. 2017)."""
         unit = f"transition_down{t}"
         self.container(f"{ROOT}.{unit}", "transition")
-        self.g.graph["units"][unit] = {"kind": "transition_down", "dropout": part.dropout}
+        self.g.graph["units"][unit] = record(part)
         p = f"{ROOT}.{unit}"
         one, two, zero = (1,) * self.rank, (2,) * self.rank, (0,) * self.rank
         self.chain(f"{p}.norm", "norm", unit, part.span, **self.norm)
@@ -480,7 +451,7 @@ class _Builder:
             raise DnetError(f"no feature maps were kept as `{part.skip.name}[{part.skip.index}]`", part.span)
         unit = f"transition_up{t}"
         self.container(f"{ROOT}.{unit}", "transition_up")
-        self.g.graph["units"][unit] = {"kind": "transition_up", "skip": f"{key[0]}[{key[1]}]", "skip_node": skip}
+        self.g.graph["units"][unit] = record(part, skip=f"{key[0]}[{key[1]}]", skip_node=skip)
         p = f"{ROOT}.{unit}"
         args = {"kernel": (3,) * self.rank, "stride": (2,) * self.rank, "padding": (0,) * self.rank}
         self.chain(f"{p}.conv", "conv_transpose", unit, part.span, like=skip, bias=True, **args)
@@ -548,15 +519,25 @@ class _Builder:
         self.last = tap
 
     # ---- MSDNet's grid of scales
-    def conv_bn(self, path: str, src: str, unit: str, span, channels: int, kernel: int, stride: int = 1) -> str:
+    def conv_bn(
+        self,
+        path: str,
+        src: str,
+        unit: str,
+        span,
+        channels: int,
+        kernel: int,
+        stride: int = 1,
+        layer: str | None = None,
+    ) -> str:
         """Conv-BN-activation from `src`: the authors' ConvBasic (`path.conv`, `path.norm`, `path.relu`)."""
         self.container(path, "sequential")
         self.last = src
         k = (kernel,) * self.rank
         args = {"kernel": k, "stride": (stride,) * self.rank, "padding": tuple(x // 2 for x in k), "bias": False}
-        self.chain(f"{path}.conv", "conv", unit, span, channels=channels, **args)
-        self.chain(f"{path}.norm", "norm", unit, span, **self.norm)
-        return self.chain(f"{path}.relu", "act", unit, span, **self.act)
+        self.chain(f"{path}.conv", "conv", unit, span, layer, channels=channels, **args)
+        self.chain(f"{path}.norm", "norm", unit, span, layer, **self.norm)
+        return self.chain(f"{path}.relu", "act", unit, span, layer, **self.act)
 
     def scales(self, part: spec.Scales) -> None:
         """The grid's first column: scale 1 the current maps, each coarser scale a stride-2 ConvBasic."""
@@ -565,7 +546,7 @@ class _Builder:
                 "the network already holds a grid of scales", part.span, help="make it once, after the stem"
             )
         unit, prefix = "scales", f"{ROOT}.scales"
-        self.g.graph["units"][unit] = {"kind": "scales", "channels": part.channels, "factors": part.factors}
+        self.g.graph["units"][unit] = record(part)
         self.container(prefix, "scales")
         grid = [self.last]
         for s, factor in enumerate(part.factors[1:], 2):
@@ -574,7 +555,7 @@ class _Builder:
         self.grid = {"factors": part.factors, "base": part.channels, "done": 0, "first": grid[0]}
 
     def conv_bottleneck(
-        self, path: str, src: str, unit: str, span, c_in: int, c_out: int, width: int | None, stride: int
+        self, path: str, src: str, unit: str, span, c_in: int, c_out: int, width: int | None, stride: int, layer: str
     ) -> str:
         """The authors' ConvBN: a 1x1 bottleneck to min(c_in, width·c_out) channels, then a 3x3 conv."""
         self.container(path, "sequential")
@@ -584,9 +565,9 @@ class _Builder:
         ):
             k = (kernel,) * self.rank
             args = {"kernel": k, "stride": (st,) * self.rank, "padding": tuple(x // 2 for x in k), "bias": False}
-            self.chain(f"{path}.conv{n}", "conv", unit, span, channels=channels, **args)
-            self.chain(f"{path}.norm{n}", "norm", unit, span, **self.norm)
-            self.chain(f"{path}.relu{n}", "act", unit, span, **self.act)
+            self.chain(f"{path}.conv{n}", "conv", unit, span, layer, channels=channels, **args)
+            self.chain(f"{path}.norm{n}", "norm", unit, span, layer, **self.norm)
+            self.chain(f"{path}.relu{n}", "act", unit, span, layer, **self.act)
         return self.last
 
     def msdense(self, part: spec.MultiScaleDense, b: int) -> None:
@@ -606,13 +587,7 @@ class _Builder:
                 help="give one per scale, finest first, as `scales` gives its factors",
             )
         unit, prefix = f"msdblock{b}", f"{ROOT}.msdblock{b}"
-        self.g.graph["units"][unit] = {
-            "kind": "msdense",
-            "layers": part.layers,
-            "growth": part.growth,
-            "bottlenecks": widths,
-            "reduction": part.reduction,
-        }
+        self.g.graph["units"][unit] = record(part)
         self.container(prefix, "sequential")
         total, count = self.grid_layers, len(factors)
         interval = math.ceil(total / count)
@@ -627,7 +602,7 @@ class _Builder:
             for k in range(out_scales):
                 j, s = k + dropped, offset + k  # the input scale it reads, and its place in the grid
                 width = part.growth * factors[s]
-                sp = f"{path}.scale{s + 1}"
+                sp, cell = f"{path}.scale{s + 1}", f"msdlayer{i}.scale{s + 1}"  # a cell of the grid
                 self.container(sp, "scale_layer")
                 new = [self.at_scales[j]]
                 if j > 0:  # a stride-2 conv of the next finer scale beside one of its own
@@ -642,28 +617,54 @@ class _Builder:
                     src = self.at_scales[j - 1]
                     new.append(
                         self.conv_bottleneck(
-                            f"{sp}.down", src, unit, part.span, base * factors[s - 1], width // 2, w, 2
+                            f"{sp}.down", src, unit, part.span, base * factors[s - 1], width // 2, w, 2, cell
                         )
                     )
                     width //= 2
                 w = widths[s] if widths else None
                 new.append(
                     self.conv_bottleneck(
-                        f"{sp}.normal", self.at_scales[j], unit, part.span, base * factors[s], width, w, 1
+                        f"{sp}.normal", self.at_scales[j], unit, part.span, base * factors[s], width, w, 1, cell
                     )
                 )
-                grown.append(self.concat(f"{sp}.cat", new, unit, part.span))
+                grown.append(self.concat(f"{sp}.cat", new, unit, part.span, cell))
             self.at_scales, grid["base"] = grown, base + part.growth
             if dropped > 0 and part.reduction > 0:  # a transition where a scale was dropped
                 kept = math.floor(part.reduction * grid["base"])
                 tp = f"{prefix}.transition{i}"
                 self.container(tp, "msd_transition")
                 self.at_scales = [
-                    self.conv_bn(f"{tp}.scale{offset + k + 1}", m, unit, part.span, kept * factors[offset + k], 1)
+                    self.conv_bn(
+                        f"{tp}.scale{offset + k + 1}",
+                        m,
+                        unit,
+                        part.span,
+                        kept * factors[offset + k],
+                        1,
+                        layer=f"transition{i}.scale{offset + k + 1}",
+                    )
                     for k, m in enumerate(self.at_scales)
                 ]
                 grid["base"] = kept
         self.last = self.at_scales[-1]
+
+
+def record(part: spec.Node, **derived: Any) -> dict[str, Any]:
+    """A unit's record, read off its spec part: its kind and every field it was called with (a layer of
+    the spec's own by name, a connectivity as written), then what the builder derives."""
+    out: dict[str, Any] = {"kind": part.kind}
+    for name in part.argument_names():
+        value = getattr(part, name)
+        if isinstance(value, list) and value and isinstance(value[0], spec.Composite):
+            value = value[0]  # one layer per layer: the first names them
+        if isinstance(value, spec.Composite):
+            value = value.name
+        elif isinstance(value, spec.Connectivity):
+            value = str(value)
+        elif isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        out[name] = value
+    return out | derived
 
 
 def part_of(g: nx.DiGraph, n: str) -> str:

@@ -33,13 +33,12 @@ class DenseLayer(nn.Module):
         return x
 
     def stages(self) -> list[Stage]:
-        """The layer's ops grouped as norm, relu, conv and an optional dropout."""
-        ops = list(self.children())
+        """The layer's ops by name: norm1, relu1, conv1 and drop1 if there is one, then norm2, ..."""
         out: list[Stage] = []
-        while ops:
-            norm, relu, conv, *ops = ops
-            drop = ops.pop(0) if ops and isinstance(ops[0], nn.Dropout) else None
-            out.append(Stage(norm, relu, conv, drop))
+        get = self._modules.get
+        while f"norm{len(out) + 1}" in self._modules:
+            i = len(out) + 1
+            out.append(Stage(get(f"norm{i}"), get(f"relu{i}"), get(f"conv{i}"), get(f"drop{i}")))
         return out
 
 

@@ -38,33 +38,45 @@ def _window(node: dict, shape: Shape) -> Shape:
     return tuple(out)
 
 
-def _conv(node: dict, ins: list[Shape]) -> Shape:
-    (shape,) = ins
+def conv_width(node: dict, c_in: int) -> int:
+    """A convolution's output channels on `c_in` input channels: as the spec gave them, or as its rule
+    makes them from the input (PeleeNet's two-way 1x1, a transition's floor(θ·C), a depthwise conv's
+    and a conv of `none` channels: the input's). Read by the shape rule and by the emitter."""
     a = node["args"]
     if "two_way" in a:  # PeleeNet's two-way layer: the 1x1 width, which depends on the input
         growth, width = a["two_way"]["growth"], a["two_way"]["bottleneck"]
-        a["channels"] = spec.two_way_width(growth, width, shape[0])
-        if a["channels"] < 1:
+        out = spec.two_way_width(growth, width, c_in)
+        if out < 1:
             raise DnetError(
-                f"a two-way dense layer's 1x1 convolutions get no channels from {shape[0]} input channels "
+                f"a two-way dense layer's 1x1 convolutions get no channels from {c_in} input channels "
                 f"(growth {growth}, bottleneck width {width})",
                 node["span"],
                 help="raise the growth rate, the bottleneck width, or the channels entering the block",
             )
+        return out
     if "compression" in a:  # a transition keeps floor(θ·C) channels
-        a["channels"] = math.floor(a["compression"] * shape[0])
-        if a["channels"] < 1:
+        out = math.floor(a["compression"] * c_in)
+        if out < 1:
             raise DnetError(
-                f"compression {a['compression']} of {shape[0]} channels leaves none",
+                f"compression {a['compression']} of {c_in} channels leaves none",
                 node["span"],
                 help="raise the compression so that at least one channel remains",
             )
-    if a["channels"] is None:  # as many as its input
-        a["channels"] = shape[0]
-    if a.get("depthwise"):  # one filter per channel
-        a["channels"] = a["groups"] = shape[0]
-    groups = a.get("groups", 1)
-    for what, c in (("input", shape[0]), ("output", a["channels"])):
+        return out
+    if a.get("depthwise") or a.get("channels") is None:  # one filter per channel, or as many as its input
+        return c_in
+    return a["channels"]
+
+
+def conv_groups(node: dict, c_in: int) -> int:
+    """A convolution's groups: one per input channel for a depthwise conv."""
+    return c_in if node["args"].get("depthwise") else node["args"].get("groups", 1)
+
+
+def _conv(node: dict, ins: list[Shape]) -> Shape:
+    (shape,) = ins
+    out, groups = conv_width(node, shape[0]), conv_groups(node, shape[0])
+    for what, c in (("input", shape[0]), ("output", out)):
         if c % groups:
             raise DnetError(
                 f"a convolution in {groups} groups needs {what} channels divisible by {groups}, but it has {c}",
@@ -73,21 +85,24 @@ def _conv(node: dict, ins: list[Shape]) -> Shape:
                 help=f"choose groups that divide {c}"
                 + (f" (e.g. {max(g for g in range(1, groups) if c % g == 0)})" if groups > 1 else ""),
             )
-    return (a["channels"], *_window(node, shape))
+    return (out, *_window(node, shape))
+
+
+def _uncropped(node: dict, shape: Shape) -> Shape:
+    """The full spatial output of a transposed convolution, before the crop to the kept maps."""
+    a = node["args"]
+    return tuple(
+        (s - 1) * st - 2 * p + k for s, k, st, p in zip(shape[1:], a["kernel"], a["stride"], a["padding"], strict=True)
+    )
 
 
 def _conv_transpose(node: dict, ins: list[Shape]) -> Shape:
-    """Upsampling to the kept maps' size: the full output of the transposed convolution, centre-cropped."""
-    (shape,) = ins
-    a = node["args"]
-    a["channels"] = shape[0]
-    a["full"] = tuple(
-        (s - 1) * st - 2 * p + k for s, k, st, p in zip(shape[1:], a["kernel"], a["stride"], a["padding"], strict=True)
-    )
-    target = a["like_shape"][1:]
-    if any(f < t for f, t in zip(a["full"], target, strict=True)):
+    """Upsampling to the kept maps' size (the second shape): the full output, centre-cropped."""
+    shape, like = ins
+    full, target = _uncropped(node, shape), like[1:]
+    if any(f < t for f, t in zip(full, target, strict=True)):
         raise DnetError(
-            f"the skip connection joins feature maps of {_show(target)} to upsampled maps of {_show(a['full'])}, "
+            f"the skip connection joins feature maps of {_show(target)} to upsampled maps of {_show(full)}, "
             f"which are smaller (from {_show(shape[1:])})",
             node["span"],
             help="keep the skip at the resolution this transition up returns to",
@@ -183,12 +198,9 @@ def _shuffle(node: dict, ins: list[Shape]) -> Shape:
     return shape
 
 
-def _squeeze(node: dict, ins: list[Shape]) -> Shape:
-    """Squeeze-and-excitation: the squeezed width floor(ratio·C), at least 1; the maps keep their shape."""
-    (shape,) = ins
-    if node["op"] == "se":
-        node["args"]["width"] = max(1, math.floor(node["args"]["ratio"] * shape[0]))
-    return shape
+def se_width(node: dict, channels: int) -> int:
+    """Squeeze-and-excitation's squeezed width: floor(ratio·C), at least 1."""
+    return max(1, math.floor(node["args"]["ratio"] * channels))
 
 
 def _slice(node: dict, ins: list[Shape]) -> Shape:
@@ -204,8 +216,7 @@ def _slice(node: dict, ins: list[Shape]) -> Shape:
                 node["span"],
                 help="give the entry and each layer more channels than r: r residual channels, then the new ones",
             )
-        a["channels"] = stop - a["start"]
-        return (a["channels"], *shape[1:])
+        return (stop - a["start"], *shape[1:])
     first = math.floor(a["ratio"] * shape[0])
     if not 0 < first < shape[0]:
         raise DnetError(
@@ -214,8 +225,7 @@ def _slice(node: dict, ins: list[Shape]) -> Shape:
             node["span"],
             help="choose a ratio that splits the channels into two non-empty parts",
         )
-    a["channels"] = first if a["part"] == "bypass" else shape[0] - first
-    return (a["channels"], *shape[1:])
+    return (first if a["part"] == "bypass" else shape[0] - first, *shape[1:])
 
 
 def _add(node: dict, ins: list[Shape]) -> Shape:
@@ -254,8 +264,8 @@ SHAPE_RULES: dict[str, Callable[[dict, list[Shape]], Shape]] = {
     "shuffle": _shuffle,
     "lgconv": _learned,
     "select": _select,
-    "se": _squeeze,
-    "ese": _squeeze,
+    "se": _same,  # the maps keep their shape
+    "ese": _same,
     "slice": _slice,
     "add": _add,
     "coarsest": _same,  # the coarsest scale of a grid of scales, for the head
@@ -267,8 +277,10 @@ def count(node: dict, ins: list[Shape], out: Shape) -> tuple[int, int]:
     op = node["op"]
     if op in ("conv", "conv_transpose", "lgconv"):  # a learned group conv trains every weight (masked)
         a = node["args"]
-        params = ins[0][0] // a.get("groups", 1) * out[0] * math.prod(a["kernel"]) + (out[0] if a.get("bias") else 0)
-        positions = a["full"] if op == "conv_transpose" else out[1:]  # torchinfo sees the uncropped output
+        groups = conv_groups(node, ins[0][0]) if op == "conv" else 1
+        params = ins[0][0] // groups * out[0] * math.prod(a["kernel"]) + (out[0] if a.get("bias") else 0)
+        # torchinfo sees a transposed convolution's uncropped output
+        positions = _uncropped(node, ins[0]) if op == "conv_transpose" else out[1:]
         return params, params * math.prod(positions)
     if op == "norm":  # every normalisation learns a scale and a shift per channel
         return 2 * out[0], 2 * out[0]
@@ -278,7 +290,7 @@ def count(node: dict, ins: list[Shape], out: Shape) -> tuple[int, int]:
         params = ins[0][0] * out[0] + out[0]
         return params, params
     if op == "se":  # two 1x1 convs with bias on the pooled maps
-        c, w = out[0], node["args"]["width"]
+        c, w = out[0], se_width(node, out[0])
         return 2 * c * w + c + w, 2 * c * w + c + w
     if op == "ese":  # one 1x1 conv with bias, C to C
         return out[0] * out[0] + out[0], out[0] * out[0] + out[0]
@@ -295,7 +307,7 @@ def inputs(g: nx.DiGraph, n: str) -> list[str]:
 
 
 def infer(g: nx.DiGraph) -> None:
-    """Add `shape`, `params` and `macs` to every node, in topological order."""
+    """Add `shape`, `params` and `macs` to every node, in topological order: all that a pass writes."""
     net: spec.Network = g.graph["network"]
     g.nodes["input"].update(shape=(net.input.channels, *net.input.size), params=0, macs=0)
     for n in nx.topological_sort(g):
@@ -303,8 +315,8 @@ def infer(g: nx.DiGraph) -> None:
         if node["op"] == "input":
             continue
         ins = [g.nodes[p]["shape"] for p in inputs(g, n)]
-        if "like" in node["args"]:  # the kept maps a transition up returns to
-            node["args"]["like_shape"] = g.nodes[node["args"]["like"]]["shape"]
+        if "like" in node["args"]:  # the kept maps a transition up returns to: the rule's second shape
+            ins.append(g.nodes[node["args"]["like"]]["shape"])
         out = SHAPE_RULES[node["op"]](node, ins)
         if any(s < 1 for s in out[1:]):
             unit = node["unit"]

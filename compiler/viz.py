@@ -63,10 +63,12 @@ def diagram(g: nx.DiGraph, detail: Detail = "auto") -> graphviz.Digraph:
         unit = g.nodes[members[0]]["unit"]
         label, fill = _label(g, vid, members, rows.get(unit), _op_text)
         target = dot
-        if detail == "layer" and g.graph["units"].get(unit, {}).get("kind") == "dense":
+        if detail == "layer" and g.graph["units"].get(unit, {}).get("kind") in ("dense", "msdense"):
             if unit not in clusters:
                 info = g.graph["units"][unit]
                 connect = f", {info['connect']}" if info.get("connect", "all") != "all" else ""
+                if info["kind"] == "msdense":  # a grid: each cell a layer at one scale
+                    connect = ", on a grid of scales"
                 clusters[unit] = graphviz.Digraph(
                     f"cluster_{unit}",
                     graph_attr={
@@ -130,13 +132,16 @@ def _label(g: nx.DiGraph, vid: str, members: list[str], row: dict | None, op_tex
         return f"concat\n{shape[0]} channels", "#dde8f5"
     if row is None or vid != row["name"]:
         ops = ", ".join(op_text(g, m) for m in members if g.nodes[m]["op"] in ("conv", "dropout"))
-        return f"{first['layer']}\n{ops}\n+{shape[0]} channels", "#dde8f5"
+        grown = g.graph["units"][first["unit"]]["kind"] == "msdense"  # a cell of a grid: all its maps
+        return f"{first['layer']}\n{ops}\n{'' if grown else '+'}{shape[0]} channels", "#dde8f5"
     channels = f"{row['channels_in']} -> {row['channels_out']} channels"
     where = size(tuple(row["size_in"])) + (
         f" -> {size(tuple(row['size_out']))}" if row["size_out"] != row["size_in"] else ""
     )
-    if row["kind"] == "dense":
+    if row["kind"] in ("dense", "msdense"):
         return f"{row['name']}\n{row['layers']} layers, k={row['growth']}\n{channels}\n{where}", "#dde8f5"
+    if row["kind"] == "exit":  # an early classifier: set apart
+        return f"{row['name']}\n{channels}", "#e3f1dc"
     ops = ", ".join(op_text(g, m) for m in members if g.nodes[m]["op"] not in ("norm", "act"))
     return f"{row['name']}\n{ops}\n{channels}\n{where}", "#f5ecd7"
 

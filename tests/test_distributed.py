@@ -15,7 +15,7 @@ from .conftest import run_cli, stop_after_first_epoch
 NET = ["densenet_bc", "--set", "depth=10", "--set", "growth=8", "--train", "digits", "--device", "cpu"]
 # the contiguous layout: the comparisons below hold to the order of float sums, which channels_last's
 # kernels change between batches of 32 and 64
-RUN = [*NET, "--epochs", "3", "--deterministic", "--no-channels-last"]
+RUN = [*NET, "--epochs", "2", "--deterministic", "--no-channels-last"]
 
 
 def losses(folder) -> list[dict]:

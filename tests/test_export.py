@@ -11,6 +11,7 @@ import dsl
 from compiler.emit import emit
 from compiler.export import onnx
 
+from .test_exits import DENSE_EXITS, SMALL_MSDNET
 from .test_families import EVERYTHING, network
 from .test_memory import reduced
 from .test_source import VOLUME
@@ -43,6 +44,8 @@ def outputs_agree(path, model, shape) -> float:
         dsl.load("peleenet", blocks=[1, 1, 1, 1], size=64),
         dsl.load("densenet_bc", depth=16, norm="group(4)", act="silu"),
         network(EVERYTHING),
+        dsl.load("msdnet", **SMALL_MSDNET),
+        dsl.parse(DENSE_EXITS),
     ],
     ids=[
         "densenet_bc",
@@ -53,6 +56,8 @@ def outputs_agree(path, model, shape) -> float:
         "peleenet",
         "groupnorm-silu",
         "layers-and-connectivities",
+        "msdnet",
+        "exits",
     ],
 )
 def test_onnx_matches_the_module_at_any_batch(network, tmp_path):
