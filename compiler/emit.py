@@ -117,6 +117,7 @@ CONTAINERS: dict[str, Callable[[], nn.Module]] = {
     "transition_up": TransitionUp,
     "stem_block": StemBlock,
     "scales": MultiScaleStem,
+    "msd_block": nn.Sequential,
     "msd_layer": MultiScaleLayer,
     "scale_layer": ScaleLayer,
     "msd_transition": ParallelScales,
@@ -124,6 +125,7 @@ CONTAINERS: dict[str, Callable[[], nn.Module]] = {
 
 
 GENERAL_FALLBACK = "its connectivity, layers, fuse or residual are the spec's own, which the lowering does not cover"
+GRID_FALLBACK = "a grid of scales is not a dense block, which is what the lowerings lower"
 
 
 def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
@@ -144,6 +146,8 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
             made = CONTAINERS[record["kind"]]()
             if record["kind"] == "branches":
                 made.join = record["join"]
+            if record["kind"] == "msd_block" and memory != "naive":  # said once by --summary
+                made.runs_as, made.fallback_reason = "naive", GRID_FALLBACK
             return made
         general = "links" in record  # another connectivity, a layer of the spec's own, fuse or residual
         if general and not lowering.general:

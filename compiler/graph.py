@@ -588,7 +588,7 @@ class _Builder:
             )
         unit, prefix = f"msdblock{b}", f"{ROOT}.msdblock{b}"
         self.g.graph["units"][unit] = record(part)
-        self.container(prefix, "sequential")
+        self.container(prefix, "msd_block")
         total, count = self.grid_layers, len(factors)
         interval = math.ceil(total / count)
         for i in range(1, part.layers + 1):

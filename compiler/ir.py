@@ -21,15 +21,18 @@ Shape = tuple[int, ...]  # (channels, *spatial)
 
 
 class _Record(MutableMapping):
-    """A dataclass read and written as a mapping of its fields, and only of them."""
+    """A dataclass read and written as a mapping of its fields, and only of them (set by `_schema`)."""
 
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._keys():
+    _KEYS: tuple[str, ...] = ()
+    _FIELDS: frozenset[str] = frozenset()
+
+    def __getitem__(self, key: str) -> Any:  # on every pass's path: one set lookup, then the field
+        if key not in self._FIELDS:
             raise KeyError(key)
         return getattr(self, key)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if key not in self._keys():
+        if key not in self._FIELDS:
             raise KeyError(f"{type(self).__name__} has no field `{key}`: the IR's schema is compiler/ir.py")
         setattr(self, key, value)
 
@@ -37,19 +40,23 @@ class _Record(MutableMapping):
         raise TypeError(f"the fields of {type(self).__name__} cannot be removed")
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys())
+        return iter(self._KEYS)
 
     def __len__(self) -> int:
-        return len(self._keys())
-
-    @classmethod
-    def _keys(cls) -> tuple[str, ...]:
-        return cls.__dict__["_KEYS"]
+        return len(self._KEYS)
 
     def copy(self) -> _Record:
-        return type(self)(**{k: getattr(self, k) for k in self._keys()})
+        return type(self)(**{k: getattr(self, k) for k in self._KEYS})
 
 
+def _schema(cls: type[_Record]) -> type[_Record]:
+    """Record a dataclass record's fields, in order and as a set."""
+    cls._KEYS = tuple(f.name for f in fields(cls))
+    cls._FIELDS = frozenset(cls._KEYS)
+    return cls
+
+
+@_schema
 @dataclass(eq=False)
 class OpNode(_Record):
     """One operation. `op`: what it computes (a key of passes.SHAPE_RULES, or `input`); `module`: the dotted
@@ -69,9 +76,7 @@ class OpNode(_Record):
     macs: int = 0
 
 
-OpNode._KEYS = tuple(f.name for f in fields(OpNode))
-
-
+@_schema
 @dataclass(eq=False)
 class GraphInfo(_Record):
     """The graph's own records. `units`: each part's record (its kind and settings, in order);
@@ -89,9 +94,6 @@ class GraphInfo(_Record):
     output: str = "input"
     params: int = 0
     macs: int = 0
-
-
-GraphInfo._KEYS = tuple(f.name for f in fields(GraphInfo))
 
 
 class Graph(nx.DiGraph):

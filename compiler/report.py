@@ -82,12 +82,7 @@ def exit_table(g: nx.DiGraph) -> str:
     rows = [head]
     for r in exits(g):
         rows.append((r["name"], f"{r['params']:,}", f"{r['mult_adds']:,}", f"{r['mult_adds_anytime']:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-
-    def fmt(r: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-
-    return "\n".join([fmt(rows[0]), "  ".join("-" * w for w in widths), *map(fmt, rows[1:])])
+    return columns(rows, left={0})
 
 
 def to_json(g: nx.DiGraph) -> dict[str, Any]:
@@ -127,16 +122,20 @@ def unit_table(g: nx.DiGraph) -> str:
             )
         )
     rows.append(("total", "", "", "", "", f"{g.graph['params']:,}", f"{g.graph['macs']:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    right = {1, 2, 5, 6}
+    return columns(rows, left={0, 3, 4}, rules=(1, len(rows) - 1))
 
-    def fmt(r: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt(rows[0]), rule, *map(fmt, rows[1:-1]), rule, fmt(rows[-1])]).rstrip()
+def columns(rows: list[tuple[str, ...]], left: set[int], rules: tuple[int, ...] = (1,)) -> str:
+    """Rows as fixed-width columns two spaces apart: those in `left` flush left, the others right, and a
+    rule of dashes before each row numbered in `rules` (by default under the heading)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        if k in rules:
+            lines.append("  ".join("-" * w for w in widths))
+        cells = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 def zoo_table(graphs: list[nx.DiGraph]) -> str:

@@ -185,6 +185,7 @@ class _TreeWriter:
         )
         classes = self.classes()  # every module built: the classes they are made of
         copied = "\n".join(classes)  # the imports follow what the copied classes use
+        typing = [name for name in ("Any", "NamedTuple") if name in copied]
         body = [
             "class DenseNet(nn.Module):",
             f'{INDENT}"""{self.g.graph["name"]}: `features`, then `classifier`, as dnetc compiled it."""',
@@ -207,9 +208,7 @@ class _TreeWriter:
             "import io",
             *(["import math"] if "math." in copied else []),
             *(["from collections.abc import Callable"] if "Callable" in copied else []),
-            *(["from typing import Any, NamedTuple"] if "NamedTuple" in copied and "Any" in copied else []),
-            *(["from typing import NamedTuple"] if "NamedTuple" in copied and "Any" not in copied else []),
-            *(["from typing import Any"] if "Any" in copied and "NamedTuple" not in copied else []),
+            *([f"from typing import {', '.join(typing)}"] if typing else []),
             "",
             "import torch",
             *(["import torch.nn.functional as F"] if "F." in copied else []),

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from compiler.report import columns
+
 if TYPE_CHECKING:
     from .train import Trainer
 
@@ -85,7 +87,7 @@ def tables(result: dict[str, Any]) -> str:
     body = [
         (r["name"], f"{r['mult_adds_anytime']:,}", f"{r['params']:,}", f"{r['error']:.2f}%") for r in result["anytime"]
     ]
-    lines += _table(head, body)
+    lines.append(columns([head, *body], left={0, 3}))
     lines.append("")
     where = (
         "the validation split"
@@ -103,16 +105,5 @@ def tables(result: dict[str, Any]) -> str:
         )
         for b in result["budgeted"]
     ]
-    lines += _table(head, body)
+    lines.append(columns([head, *body], left={0, 3}))
     return "\n".join(lines)
-
-
-def _table(head: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-
-    def fmt(r: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-
-    return [line.rstrip() for line in [fmt(head), "  ".join("-" * w for w in widths), *map(fmt, body)]]

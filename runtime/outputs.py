@@ -142,9 +142,6 @@ def summary(
         print(report.exit_table(g), file=out)
     print(file=out)
     print(report.memory_table(g, batch, dtype, lowering), file=out)
-    grids = [u for u, info in g.graph["units"].items() if info["kind"] == "msdense"]
-    if grids and lowering != "naive":
-        print(f"\nThe {lowering} lowering covers dense blocks; {', '.join(grids)} run as naive.", file=out)
     fallbacks: dict[tuple[str, str | None], list[str]] = {}
     for name, module in model.named_modules():
         # a lowering's own block says why it falls back; a block the emitter made naive instead says it too

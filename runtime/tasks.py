@@ -125,19 +125,21 @@ class Evaluation:
         return torch.cat([self.sums, self.confusion])
 
 
-class ExitEvaluation(Evaluation):
-    """The head's loss, hits and cells, and each early exit's hits, from stacked scores."""
+class ExitEvaluation:
+    """The head's evaluation, as its task makes it, and each early exit's hits, from stacked scores."""
 
-    def __init__(self, task: Classification, exits: int, classes: int, device: torch.device) -> None:
-        super().__init__(task, classes, device)
-        self.exit_hits = torch.zeros(exits, dtype=torch.float64, device=device)
+    def __init__(self, head: Evaluation, exits: int) -> None:
+        self.head = head
+        self.exit_hits = torch.zeros(exits, dtype=torch.float64, device=head.sums.device)
 
     def add(self, out: Tensor, y: Tensor) -> None:
-        super().add(out[-1], y)
-        self.exit_hits += torch.stack([self.task.hits(o, y).double() for o in out[:-1].unbind(0)])
+        self.head.add(out[-1], y)
+        self.exit_hits += torch.stack([self.head.task.hits(o, y).double() for o in out[:-1].unbind(0)])
 
     def values(self) -> Tensor:
-        return torch.cat([self.sums, self.exit_hits, self.confusion])
+        """The head's loss and hits, the exits' hits, then the head's confusion cells."""
+        sums, cells = self.head.values().split([2, self.head.confusion.numel()])
+        return torch.cat([sums, self.exit_hits, cells])
 
 
 class MultiExit:
@@ -157,8 +159,8 @@ class MultiExit:
     def hits(self, out: Tensor, y: Tensor) -> Tensor:
         return self.task.hits(out[-1], y)
 
-    def evaluation(self, classes: int, device: torch.device) -> Evaluation:
-        return ExitEvaluation(self.task, self.exits, self.task.evaluation(classes, device).classes, device)
+    def evaluation(self, classes: int, device: torch.device) -> ExitEvaluation:
+        return ExitEvaluation(self.task.evaluation(classes, device), self.exits)
 
     def metrics(self, split: str, loss: float, correct: float, n: int, cells: list[float]) -> dict[str, float]:
         own = {f"{split}_exit{e + 1}_error": 100.0 * (1 - hits / n) for e, hits in enumerate(cells[: self.exits])}
