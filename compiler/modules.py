@@ -1,6 +1,8 @@
 """The PyTorch building blocks that emitted networks are made of, named as in the paper.
 
-Dimension-agnostic: the emitter picks Conv1d/2d/3d and friends; these only wire them.
+Dimension-agnostic: the emitter picks Conv1d/2d/3d and friends; these only wire them. A block that
+takes constructor arguments keeps each under its own name, so that `--emit python` (compiler/source.py),
+which copies these classes, writes the call that made it.
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, width: int, rank: int = 2) -> None:
         super().__init__()
+        self.channels, self.width, self.rank = channels, width, rank
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1]
         self.fc1, self.act, self.fc2 = conv(channels, width, 1), nn.ReLU(inplace=True), conv(width, channels, 1)
 
@@ -160,6 +163,7 @@ class EffectiveSqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, rank: int = 2) -> None:
         super().__init__()
+        self.channels, self.rank = channels, rank
         self.fc = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1](channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -177,7 +181,7 @@ class BlurPool(nn.Module):
 
     def __init__(self, channels: int, kernel: int = 3, stride: int = 2, rank: int = 2) -> None:
         super().__init__()
-        self.channels, self.stride, self.rank = channels, stride, rank
+        self.channels, self.kernel, self.stride, self.rank = channels, kernel, stride, rank
         self.padding = ((stride - 1) + (kernel - 1)) // 2
         taps = torch.tensor([math.comb(kernel - 1, k) for k in range(kernel)], dtype=torch.float32)
         filt = taps
@@ -286,6 +290,7 @@ class LearnedGroupConv(nn.Module):
         self, in_channels: int, out_channels: int, groups: int, condense: int, lasso: float = 0.0, rank: int = 2
     ) -> None:
         super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.groups, self.condense, self.lasso, self.rank = groups, condense, lasso, rank
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *(1,) * rank))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
@@ -337,7 +342,7 @@ class Select(nn.Module):
 
     def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
-        self.in_channels = in_channels
+        self.in_channels, self.channels = in_channels, channels
         self.register_buffer("index", torch.arange(channels) % in_channels)
 
     def forward(self, x: Tensor) -> Tensor:

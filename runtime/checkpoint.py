@@ -23,7 +23,7 @@ MAGIC = FORMAT.upper().encode() + b" sha256="  # the first bytes of every checkp
 FORMAT_1 = "dnetc-checkpoint/1"
 
 
-class CheckpointError(Exception):
+class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, altered or not dnetc's."""
 
 
@@ -100,6 +100,19 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if not newline or hashlib.sha256(body).hexdigest() != digest:
         raise CheckpointError(f"{path} is corrupt (truncated or altered): its checksum does not match its contents")
     return _unpickle(path, body, map_location)
+
+
+def load_weights(path: str | Path) -> Any:
+    """What a weights file holds, read without running code: a dnetc checkpoint's weights for evaluation
+    and fine-tuning (its checksum verified), or a plain torch file's contents. `--emit python`'s source
+    carries a copy of this function and what it calls."""
+    path = Path(path)
+    if is_checkpoint(path):
+        return inference_weights(load(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and state.get("format") == FORMAT_1:
+        return inference_weights(unwrap_format_1(path, state))
+    return state
 
 
 def _unpickle(path: Path, body: bytes, map_location: str | torch.device) -> dict[str, Any]:

@@ -40,12 +40,7 @@ def read(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise WeightsError(f"no weights file at {path}")
     try:
-        if checkpoint.is_checkpoint(path):
-            state = checkpoint.inference_weights(checkpoint.load(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT_1:
-                state = checkpoint.unwrap_format_1(path, state)
+        state = checkpoint.load_weights(path)
     except checkpoint.CheckpointError as e:
         raise WeightsError(str(e)) from None
     except Exception as e:

@@ -16,14 +16,15 @@ import torch
 import compiler
 import dsl
 from compiler.emit import emit
-from compiler.source import SourceError, _tree_only, python_source
+from compiler.modules import DenseBlock
+from compiler.source import python_source
 from runtime import checkpoint
 
 from .conftest import ZOO_DISTINCT
 from .test_memory import REDUCED, assert_same, reduced, step
 
 RUFF = [sys.executable, "-m", "ruff"]
-RUFF_RULES = ["--isolated", "--line-length", "88", "--select", "E,F,W,I,B,UP,SIM,RUF"]
+RUFF_RULES = ["--isolated", "--line-length", "120", "--select", "E,F,W,I,B,UP,SIM,RUF"]
 
 MIXED = """
 network mixed {
@@ -65,17 +66,22 @@ def load_source(text: str, folder: Path, name: str):
     return module
 
 
+def builder(module, g):
+    """The network's builder in an emitted file: named after the network, as torchvision's are."""
+    return getattr(module, g.graph["name"])
+
+
 def check_equal(network: dsl.Network, folder: Path, memory_efficient: bool) -> None:
+    """The emitted builder's network equals the compiled one: keys, a training step and inference (float64),
+    with the flag that recomputes each dense layer on or off."""
     g = compiler.build_graph(network)
-    if _tree_only(g) and memory_efficient:  # the spec's own layers: the modules' tree, which runs as naive
-        with pytest.raises(SourceError, match="they run naive"):
-            python_source(g, memory_efficient=True)
-        return
     torch.manual_seed(0)
     reference = emit(g, "naive").double()
     module = load_source(python_source(g), folder, f"emitted_{network.name}_{memory_efficient}")
-    flags = {} if _tree_only(g) else {"memory_efficient": memory_efficient}  # the tree has no such flag
-    model = module.DenseNet(**flags).double()
+    build = builder(module, g)
+    has_flag = "memory_efficient" in inspect.signature(build).parameters
+    assert has_flag == any(isinstance(m, DenseBlock) for m in reference.modules())
+    model = build(**({"memory_efficient": memory_efficient} if has_flag else {})).double()
     assert list(model.state_dict()) == list(reference.state_dict())
     model.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(3, *g.nodes["input"]["shape"], dtype=torch.float64)
@@ -93,7 +99,28 @@ def test_emitted_source_imports_only_torch():
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
-    assert imported == {"__future__", "hashlib", "io", "torch"}
+    assert imported - set(sys.stdlib_module_names) == {"torch"}
+
+
+def test_runs_of_layers_are_loops():
+    """densenet121's 58 dense layers are four loops, one a block; its transitions stay written out."""
+    text = python_source(compiler.build_graph(dsl.load("densenet121")))
+    assert text.count("DenseLayer()") == 4
+    for layers in (6, 12, 24, 16):
+        assert f"in range({layers}):" in text
+    assert text.count("Transition()") == 3
+    assert len(text[text.index("def densenet121(") :].splitlines()) < 100
+
+
+def test_the_building_blocks_are_copied_as_defined():
+    """Each block is defined once: the file holds compiler/modules.py's classes (and the checkpoint
+    lowering's block) as written there, not a second version."""
+    from compiler import memory, modules
+
+    text = python_source(compiler.build_graph(reduced("hardnet39ds")))
+    for block in (modules.Layer, modules.DenseBlock, modules.DenseNet, modules.initialise, memory.CheckpointDenseBlock):
+        assert inspect.getsource(block) in text
+    assert inspect.getsource(checkpoint.load_weights) in text
 
 
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["naive", "memory_efficient"])
@@ -115,9 +142,9 @@ def test_emitted_dropout_model_equals_compiled(tmp_path):
 def test_memory_efficient_source_keeps_running_statistics(tmp_path):
     """Recomputation in the backward pass must not update batch-norm statistics a second time."""
     g = compiler.build_graph(reduced("densenet_bc_100_12"))
-    module = load_source(python_source(g), tmp_path, "stats")
+    build = builder(load_source(python_source(g), tmp_path, "stats"), g)
     torch.manual_seed(0)
-    plain, efficient = module.DenseNet(), module.DenseNet(memory_efficient=True)
+    plain, efficient = build(), build(memory_efficient=True)
     efficient.load_state_dict(plain.state_dict())
     x = torch.randn(4, *g.nodes["input"]["shape"])
     for model in (plain, efficient):
@@ -146,6 +173,9 @@ SOURCES = {
     ),
     "blurred_group_silu": lambda: dsl.parse(BLURRED.replace("{\n", "{\n normalization group(2) activation silu\n", 1)),
     "blurred_3d_prelu": lambda: dsl.parse(BLURRED.replace("{\n", "{\n activation prelu\n", 1), dims=3, size=12),
+    "ese_vovnet19b_dw": lambda: reduced("ese_vovnet19b_dw"),
+    "hardnet39ds": lambda: reduced("hardnet39ds"),
+    "msdnet": lambda: reduced("msdnet"),
 }
 
 
@@ -181,7 +211,7 @@ def test_cli_emits_python_that_loads_a_dnetc_checkpoint(tmp_path, dnetc):
     torch.manual_seed(1)
     trained = compiler.compile("densenet_bc", depth=16)
     checkpoint.save({"model": trained.state_dict(), "epoch": 0}, tmp_path / "best.pt")
-    model = module.DenseNet()
+    model = module.densenet_bc()
     model.load_state_dict(module.load_weights(str(tmp_path / "best.pt")))
     model.eval(), trained.eval()
     x = torch.randn(2, 3, 32, 32)
@@ -197,7 +227,7 @@ def test_cli_emits_python_that_loads_a_dnetc_checkpoint(tmp_path, dnetc):
 def test_cli_emits_python_to_stdout_with_the_specs_lowering(dnetc):
     result = dnetc("densenet_bc", "--set", "depth=16", "--memory", "shared", "--emit", "python")
     assert result.returncode == 0, result.stderr
-    assert "def __init__(self, classes: int = 10, memory_efficient: bool = True)" in result.stdout
+    assert "def densenet_bc(classes: int = 10, memory_efficient: bool = True) -> DenseNet:" in result.stdout
     compile(result.stdout, "emitted.py", "exec")
 
 
@@ -205,22 +235,3 @@ def test_cli_refuses_an_unknown_emit_format(dnetc):
     result = dnetc("densenet_bc", "--emit", "java")
     assert result.returncode == 2
     assert "python" in result.stderr
-
-
-def test_source_of_the_specs_own_layers_copies_the_blocks_and_is_ruff_clean(tmp_path):
-    """Networks of the spec's own layers are written as the emitted tree, dnetc's blocks copied from
-    compiler/modules.py (their layout, line length 120, kept): ruff-clean, and equal to the compiled."""
-    from compiler import modules
-
-    files = []
-    for name in ("ese_vovnet19b_dw", "hardnet39ds"):
-        g = compiler.build_graph(reduced(name))
-        text = python_source(g)
-        assert inspect.getsource(modules.Branches if "class Branches" in text else modules.Layer) in text
-        (tmp_path / f"{name}.py").write_text(text)
-        files.append(str(tmp_path / f"{name}.py"))
-    rules = ["--isolated", "--line-length", "120", "--select", "E,F,W,I,B,UP,SIM,RUF"]
-    lint = subprocess.run([*RUFF, "check", *rules, *files], capture_output=True, text=True)
-    assert lint.returncode == 0, lint.stdout
-    fmt = subprocess.run([*RUFF, "format", "--check", "--diff", *rules[:3], *files], capture_output=True, text=True)
-    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
