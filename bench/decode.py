@@ -31,12 +31,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import hubconf  # noqa: E402, F401 - this checkout as `dnetc` where dnetc is not installed
+
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine  # noqa: E402
 
-from runtime.data import dataset  # noqa: E402
-from runtime.images import Files, Raw, _collate_raw, on_device, transforms  # noqa: E402
+from dnetc.runtime.data import dataset  # noqa: E402
+from dnetc.runtime.images import Files, Raw, _collate_raw, on_device, transforms  # noqa: E402
 
 
 def make_jpegs(folder: Path, n: int) -> list[tuple[str, int]]:

@@ -32,6 +32,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import hubconf  # noqa: E402, F401 - this checkout as `dnetc` where dnetc is not installed
 
 RUN = [
     "densenet_bc",
@@ -44,8 +45,8 @@ PAUSE = 0.05  # seconds between the two halves of a slowed checkpoint write
 def child(mode: str, marker: Path, argv: list[str]) -> int:
     """Run dnetc in this process, every checkpoint write counted in `marker`; with `writes`, each is
     also split by a pause, so that the parent can kill it in the middle of one."""
-    import runtime.checkpoint
-    from runtime.cli import main
+    from dnetc.runtime import checkpoint
+    from dnetc.runtime.cli import main
 
     pause = PAUSE if mode == "writes" else 0.0
 
@@ -78,7 +79,7 @@ def child(mode: str, marker: Path, argv: list[str]) -> int:
         f = builtins.open(file, mode, *args, **kwargs)  # noqa: SIM115 (the caller closes it)
         return Counted(f) if "w" in mode else f
 
-    runtime.checkpoint.open = counted_open  # type: ignore[attr-defined]
+    checkpoint.open = counted_open  # type: ignore[attr-defined]
     return main(argv)
 
 
@@ -88,7 +89,7 @@ def command(out: Path, mode: str, marker: Path, resume: bool, epochs: int) -> li
 
 
 def state(out: Path) -> dict:
-    from runtime import checkpoint
+    from dnetc.runtime import checkpoint
 
     return checkpoint.load(out / "checkpoints" / "latest.pt")
 

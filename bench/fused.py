@@ -32,11 +32,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
 from common import machine  # noqa: E402
 
-import compiler  # noqa: E402
-import dsl  # noqa: E402
+import hubconf  # noqa: E402, F401 - this checkout as `dnetc` where dnetc is not installed
+from dnetc import compiler, dsl  # noqa: E402
 
 CASES = {  # name: (spec, overrides, batch, input side) at full size; --small shrinks them
     "densenet121": ("densenet121", {}, 256, 224),

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, seed, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-import dsl  # noqa: E402
+import hubconf  # noqa: E402, F401 - this checkout as `dnetc` where dnetc is not installed
+from dnetc import dsl  # noqa: E402
 from tests.fuzzing import SOURCES, bounded, check, grammar_specs, mutate, mutate_bytes, specs  # noqa: E402
 
 

@@ -27,11 +27,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
 from common import mfu, peak_tflops, torchvision_model  # noqa: E402
 
-import compiler  # noqa: E402
-import dsl  # noqa: E402
+import hubconf  # noqa: E402, F401 - this checkout as `dnetc` where dnetc is not installed
+from dnetc import compiler, dsl  # noqa: E402
 
 CONFIGS = [
     {"name": "fp32, naive", "precision": None, "channels_last": False, "compile": False, "memory": "naive"},

@@ -26,12 +26,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import hubconf  # noqa: E402, F401 - this checkout as `dnetc` where dnetc is not installed
+
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine  # noqa: E402
 
-from runtime.launch import plan  # noqa: E402
-from runtime.train import Trainer  # noqa: E402
+from dnetc.runtime.launch import plan  # noqa: E402
+from dnetc.runtime.train import Trainer  # noqa: E402
 
 
 def trained(

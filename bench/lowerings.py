@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import compiler
-import dsl
-from compiler.lowerings import LOWERINGS as RECORDS
+import hubconf  # noqa: F401 - this checkout as `dnetc` where dnetc is not installed
+from dnetc import compiler, dsl
+from dnetc.compiler.lowerings import LOWERINGS as RECORDS
 
 LOWERINGS = tuple(RECORDS)  # naive first: the baseline
 CASES = {  # name: (spec, overrides, batch); --small shrinks them

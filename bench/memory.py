@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common import machine  # noqa: E402
 
-from compiler.lowerings import LOWERINGS  # noqa: E402
+import hubconf  # noqa: E402, F401 - this checkout as `dnetc` where dnetc is not installed
+from dnetc.compiler.lowerings import LOWERINGS  # noqa: E402
 
 # glibc keeps freed blocks of up to 32 MB in its heap once its thresholds adapt, so that the resident
 # set stays high after tensors are freed; fixed thresholds return every large block to the system,
@@ -72,8 +73,7 @@ def feature_bytes(g, batch: int) -> int:
 def _setup(spec: str, overrides: dict, batch: int, lowering: str, device: str):
     import torch
 
-    import compiler
-    import dsl
+    from dnetc import compiler, dsl
 
     torch.manual_seed(0)
     network = dsl.load(spec, **overrides)
@@ -99,7 +99,7 @@ def peak_memory(spec: str, overrides: dict, batch: int, lowering: str, device: s
 
     import torch
 
-    from compiler.estimate import estimate
+    from dnetc.compiler.estimate import estimate
 
     g, step, model = _setup(spec, overrides, batch, lowering, device)
     step()  # warm-up: one-time allocations, optimizer state
@@ -241,9 +241,8 @@ def write(stem: Path, device: str, name: str, results: list[dict]) -> None:
 
 
 def rerender(out: Path) -> None:
-    import compiler
-    import dsl
-    from compiler.estimate import estimate
+    from dnetc import compiler, dsl
+    from dnetc.compiler.estimate import estimate
 
     for path in sorted(out.glob("memory-*.json")):
         data = json.loads(path.read_text())

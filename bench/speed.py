@@ -38,12 +38,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import hubconf  # noqa: E402, F401 - this checkout as `dnetc` where dnetc is not installed
+
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine, mfu, peak_tflops, torchvision_model  # noqa: E402
 
-import compiler  # noqa: E402
-import dsl  # noqa: E402
+from dnetc import compiler, dsl  # noqa: E402
 
 
 def row(model: str, impl: str, batch: int, **switches: Any) -> dict:

@@ -37,15 +37,16 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import hubconf  # noqa: E402, F401 - this checkout as `dnetc` where dnetc is not installed
+
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine  # noqa: E402
 from speed import Runner, row  # noqa: E402
 
-import compiler  # noqa: E402
-import runtime  # noqa: E402
-from runtime.config import resolve  # noqa: E402
-from runtime.data import (  # noqa: E402
+from dnetc import compiler, runtime  # noqa: E402
+from dnetc.runtime.config import resolve  # noqa: E402
+from dnetc.runtime.data import (  # noqa: E402
     PAD,
     apply_crop_and_flip,
     dataset,
@@ -54,8 +55,8 @@ from runtime.data import (  # noqa: E402
     load,
     normalise,
 )
-from runtime.launch import bind  # noqa: E402
-from runtime.step import autocast_dtype  # noqa: E402
+from dnetc.runtime.launch import bind  # noqa: E402
+from dnetc.runtime.step import autocast_dtype  # noqa: E402
 
 TINY = {"depth": 10, "growth": 8}  # DenseNet-BC with one layer a block: Python overhead shows
 
@@ -174,7 +175,7 @@ def isolated(w: dict, device: str, graphs: bool, precision: str, channels_last: 
 
 def measure(m: dict[str, Any], w: dict, loop: HandLoop, device: str, steps: int) -> float:
     """One round of one row: its s/step."""
-    from runtime.step import WINDOW
+    from dnetc.runtime.step import WINDOW
 
     if m["kind"] == "trainer":
         s, share = trainer_row(w, m["switches"], device, WINDOW + steps)

@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-import dsl
+from dnetc import dsl
 
 from .graph import build_graph
 
@@ -24,6 +25,8 @@ def compile(
     memory: str | None = None,
     batch: int = 64,
     device: str | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
     **overrides: Any,
 ) -> torch.nn.Module:
     """Build the PyTorch module of a spec file, a zoo name, a validated `dsl.Network` or its graph
@@ -31,9 +34,11 @@ def compile(
 
         `memory` picks how dense blocks are lowered: a name in compiler/lowerings.py, or auto (the
         fastest whose estimated training memory at `batch` fits what `device` has free); by default the spec's
-        `memory` setting, else naive. Other keywords override the spec's parameters.
+        `memory` setting, else naive. `features_only` gives the backbone of timm's API instead: the
+        feature maps at each resolution (`out_indices` picks some), their channels and reductions in
+        `feature_info`. Other keywords override the spec's parameters.
     """
-    from .emit import emit
+    from .emit import backbone, emit
     from .lowerings import choices
     from .memory import choose_lowering
 
@@ -50,7 +55,8 @@ def compile(
     requested = memory or network.memory or "naive"
     if requested not in choices():
         raise ValueError(f"memory must be one of {', '.join(choices())}, not {requested!r}")
-    return emit(g, choose_lowering(g, requested, batch, device))
+    model = emit(g, choose_lowering(g, requested, batch, device))
+    return backbone(model, out_indices) if features_only or out_indices is not None else model
 
 
 __all__ = ["build_graph", "compile"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import networkx as nx
 from torch import nn
@@ -17,6 +17,7 @@ from .modules import (
     DenseLayer,
     DenseNet,
     EffectiveSqueezeExcite,
+    FeatureMaps,
     Features,
     GlobalAvgPool,
     Layer,
@@ -34,6 +35,7 @@ from .modules import (
     initialise,
 )
 from .passes import conv_groups, inputs, se_width
+from .taps import FeatureInfo, feature_taps
 
 
 def _nd(name: str, rank: int) -> type[nn.Module]:
@@ -135,9 +137,8 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
     """
     lowering = LOWERINGS[memory]
     rank = len(g.nodes["input"]["shape"]) - 1
-    features = Features()
-    exits = nn.ModuleList()
-    roots: dict[str, nn.Module] = {"features": features, "exits": exits}
+    features, head, exits = Features(), nn.Sequential(), nn.ModuleList()
+    roots: dict[str, nn.Module] = {"features": features, "head": head, "exits": exits}
     classifier: nn.Module | None = None
 
     def make(path: str) -> nn.Module:
@@ -202,7 +203,16 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
             features.joins[unit] = info["skip"]
     for e, record in enumerate(g.graph["exits"]):
         features.taps.setdefault(part_of(g, record["tap"]), []).append(e)
-    model = DenseNet(features, classifier, exits if g.graph["exits"] else None)
+    model = DenseNet(features, head, classifier, exits if g.graph["exits"] else None)
     model.memory = memory
+    model.feature_info = feature_taps(g)
     initialise(model)
     return model
+
+
+def backbone(model: DenseNet, out_indices: Sequence[int] | None = None) -> FeatureMaps:
+    """timm's `features_only`: the network's feature maps at the taps `out_indices` picks (all by
+    default; negative indices count from the last), sharing the network's modules and weights."""
+    info = model.feature_info
+    picked = range(len(info)) if out_indices is None else [range(len(info))[i] for i in out_indices]
+    return FeatureMaps(model.features, FeatureInfo({**info[i], "index": i} for i in picked))

@@ -43,7 +43,7 @@ from .memory import (
     _parameters,
     _stage_backward,
 )
-from .modules import DenseLayer
+from .modules import DenseBlock, DenseLayer, tracing
 
 
 def coverage(block: nn.Module) -> str | None:
@@ -93,6 +93,8 @@ class FusedDenseBlock(SharedDenseBlock):
         return self.fallback() is None
 
     def forward(self, x: Tensor) -> Tensor:
+        if tracing(x):
+            return DenseBlock.forward(self, x)
         firsts = [layer.stages()[0].norm for layer in self.values()] if self._covered() else []
         modes = {_batch_statistics(n) for n in firsts}
         if len(modes) != 1:  # not covered, or layers in train and eval mode at once

@@ -15,8 +15,8 @@ from typing import Any
 import networkx as nx
 from pydantic import BaseModel
 
-from dsl import DnetError, spec
-from dsl.errors import did_you_mean
+from dnetc.dsl import DnetError, spec
+from dnetc.dsl.errors import did_you_mean
 
 from .ir import Graph
 from .lowerings import choices
@@ -114,16 +114,17 @@ class _Builder:
             if isinstance(op, spec.StemBlock):
                 self.stem_block(op)
                 continue
-            if isinstance(op, spec.Composite):  # a layer of the spec's own: features.NAME0, features.NAME0_2
+            # the stem's parts count from 0 (conv0, norm0, conv1, ...), as timm's deep stems name them
+            if isinstance(op, spec.Composite):  # a layer of the spec's own: features.NAME0, features.NAME1
                 base = op.name
                 seen[base] = seen.get(base, 0) + 1
-                path = f"{ROOT}.{base}0" if seen[base] == 1 else f"{ROOT}.{base}0_{seen[base]}"
+                path = f"{ROOT}.{base}{seen[base] - 1}"
                 self.container(path, "composite", layer=op.name)
                 self.ops(op.ops, path, "stem", None)
                 continue
             base = names[op.kind]
             seen[base] = seen.get(base, 0) + 1
-            name = f"{base}0" if seen[base] == 1 else f"{base}0_{seen[base]}"
+            name = f"{base}{seen[base] - 1}"
             kind = "act" if op.kind in ("relu", "act") else op.kind
             self.chain(f"{ROOT}.{name}", kind, "stem", op.span, **self.args(op))
 
@@ -458,8 +459,9 @@ class _Builder:
         self.concat(f"{p}.cat", [self.last, skip], unit, part.span)
 
     def head(self, part: spec.Head, blocks: int) -> None:
-        """`features.norm5`, `relu5`, `pool5` and `classifier`, as torchvision names them; operations
-        before the classifier go in `features.head5`."""
+        """`features.norm5` and `classifier`, as torchvision names them, and between them the operations
+        without weights (`head.relu5`, `head.pool5`): `features` ends at the last feature maps, as
+        torchvision's does. Operations before the classifier go in `features.head5`."""
         n = blocks + 1
         self.g.graph["units"]["head"] = {"kind": "head"}
         if self.at_scales is not None:  # the head reads the coarsest scale of the grid
@@ -468,19 +470,23 @@ class _Builder:
         if before:
             self.container(f"{ROOT}.head{n}", "composite", layer="head")
             self.ops(before, f"{ROOT}.head{n}", "head", None)
-        self.classifier(op, "head", lambda base: f"{ROOT}.{base}{n}", "classifier")
+        self.classifier(op, "head", lambda base: f"{ROOT}.{base}{n}", "classifier", lambda base: f"head.{base}{n}")
 
     def coarsest(self, unit: str, span) -> None:
         """The grid of scales ends: its coarsest scale goes on (to the head, or out of the network)."""
         self.chain(f"{ROOT}.coarsest", "coarsest", unit, span)
         self.at_scales = None
 
-    def classifier(self, op: spec.Node, unit: str, name: Callable[[str], str], last: str) -> None:
-        """A classifier's ops, named by `name(base)`, its last module (linear or 1x1 conv) at `last`."""
+    def classifier(
+        self, op: spec.Node, unit: str, name: Callable[[str], str], last: str, after: Callable[[str], str] | None = None
+    ) -> None:
+        """A classifier's ops, named by `name(base)` (by `after(base)` once the feature maps are done: the
+        activation, pooling and dropout), its last module (linear or 1x1 conv) at `last`."""
+        after = after or name
         if isinstance(op, spec.LinearClassifier):  # pool, dropout, linear: the network ends normalised
-            self.chain(name("pool"), "global_pool", unit, op.span)
+            self.chain(after("pool"), "global_pool", unit, op.span)
             if op.dropout > 0:
-                self.chain(name("drop"), "dropout", unit, op.span, p=op.dropout)
+                self.chain(after("drop"), "dropout", unit, op.span, p=op.dropout)
             self.chain(last, "linear", unit, op.span, channels=op.classes)
             return
         if isinstance(op, spec.PixelClassifier):  # a 1x1 convolution: scores at every position
@@ -499,10 +505,10 @@ class _Builder:
             return
         assert isinstance(op, spec.Classifier)
         self.chain(name("norm"), "norm", unit, op.span, **self.norm)
-        self.chain(name("relu"), "act", unit, op.span, **self.act)
-        self.chain(name("pool"), "global_pool", unit, op.span)
+        self.chain(after("relu"), "act", unit, op.span, **self.act)
+        self.chain(after("pool"), "global_pool", unit, op.span)
         if op.keep < 1:  # CondenseNet's converted classifier: the features the conversion kept
-            self.chain(name("select"), "select", unit, op.span, fraction=op.keep)
+            self.chain(after("select"), "select", unit, op.span, fraction=op.keep)
         self.chain(last, "linear", unit, op.span, channels=op.classes)
 
     def exit(self, part: spec.Exit, e: int) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import networkx as nx
 
-from dsl import spec
-from dsl.errors import Span
+from dnetc.dsl import spec
+from dnetc.dsl.errors import Span
 
 Shape = tuple[int, ...]  # (channels, *spatial)
 
@@ -101,3 +101,23 @@ class Graph(nx.DiGraph):
 
     node_attr_dict_factory = OpNode
     graph_attr_dict_factory = GraphInfo
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the one-line summary, the diagram (where Graphviz is installed) and the table of parts."""
+        import html
+
+        from . import report
+
+        svg = self._repr_svg_() or ""
+        table = html.escape(f"{report.one_line(self)}\n\n{report.unit_table(self)}")
+        return f"<div>{svg}<pre>{table}</pre></div>"
+
+    def _repr_svg_(self) -> str | None:
+        """The block-level diagram as SVG, or None without Graphviz's `dot`."""
+        import shutil
+
+        if shutil.which("dot") is None:
+            return None
+        from .viz import diagram
+
+        return diagram(self, "block").pipe(format="svg").decode()

@@ -71,7 +71,7 @@ LOWERINGS: dict[str, Lowering] = {
         Lowering(
             "naive",
             "concatenate every layer's input: fast, memory quadratic in depth",
-            "compiler.modules:DenseBlock",
+            "dnetc.compiler.modules:DenseBlock",
             keeps="all",
             scratch=(2, 2),
             dropout_masks=True,
@@ -83,7 +83,7 @@ LOWERINGS: dict[str, Lowering] = {
         Lowering(
             "checkpoint",
             "recompute each layer's concat, BN, ReLU and 1x1 conv in the backward pass",
-            "compiler.memory:CheckpointDenseBlock",
+            "dnetc.compiler.memory:CheckpointDenseBlock",
             keeps="inputs",
             scratch=(2, 4),
             dropout_masks=True,
@@ -95,7 +95,7 @@ LOWERINGS: dict[str, Lowering] = {
         Lowering(
             "shared",
             "one feature buffer per block, BN and ReLU recomputed in backward (Pleiss et al. 2017)",
-            "compiler.memory:SharedDenseBlock",
+            "dnetc.compiler.memory:SharedDenseBlock",
             keeps="buffer",
             scratch=(2, 5),
             dropout_masks=False,
@@ -107,7 +107,7 @@ LOWERINGS: dict[str, Lowering] = {
         Lowering(
             "fused",
             "the shared buffer with statistics once, BN folded into the 1x1 conv's prologue, no copies",
-            "compiler.fused:FusedDenseBlock",
+            "dnetc.compiler.fused:FusedDenseBlock",
             keeps="buffer",
             scratch=(2, 4),
             dropout_masks=True,

@@ -16,7 +16,6 @@ exactly what the naive block computes, with the same parameters, names and RNG d
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from .lowerings import AUTO, by_speed
-from .modules import DenseBlock, DenseLayer, Stage, TwoWayDenseLayer
+from .modules import DenseBlock, DenseLayer, Stage, TwoWayDenseLayer, checkpointed_layer, frozen_statistics, tracing
 
 
 def _recomputed_norm(norm: nn.Module, x: Tensor) -> Tensor:
@@ -36,22 +35,6 @@ def _recomputed_norm(norm: nn.Module, x: Tensor) -> Tensor:
         return norm(x)
     training = norm.training or norm.running_mean is None
     return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, training, 0.0, norm.eps)
-
-
-@contextlib.contextmanager
-def _frozen_statistics(module: nn.Module) -> Iterator[None]:
-    """Batch norms inside `module` normalise as in training but leave their running statistics (and
-    count) as they are: for a recomputation of what the forward pass already accounted for."""
-    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, count) in zip(norms, saved, strict=True):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(count)
 
 
 def _fast(stage: Stage) -> bool:
@@ -67,29 +50,14 @@ class CheckpointDenseBlock(DenseBlock):
     """Recomputes each layer's concat+BN+ReLU+conv1 in the backward pass instead of storing it."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not _needs_backward(x, self):
+        if tracing(x) or not _needs_backward(x, self):
             return super().forward(x)
         if self.links is not None:  # the spec's own layers or connectivity: each whole layer recomputed
-            return self.connected(x, self._whole_layer)
+            return self.connected(x, checkpointed_layer)
         features = [x]
         for layer in self.values():
             features.append(self._layer(layer, features))
         return torch.cat(features if self.concat_input else features[1:], 1)
-
-    @staticmethod
-    def _whole_layer(layer: nn.Module, inputs: list[Tensor]) -> Tensor:
-        """A layer of any kind kept as its inputs alone: recomputed in the backward pass, its batch norms'
-        statistics counted once, its dropout masks drawn again from the saved RNG state."""
-        fresh = [True]
-
-        def segment(*xs: Tensor) -> Tensor:
-            with contextlib.nullcontext() if fresh[0] else _frozen_statistics(layer):
-                out = layer(list(xs))
-            fresh[0] = False
-            return out
-
-        drops = any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules())
-        return checkpoint(segment, *inputs, use_reentrant=False, preserve_rng_state=drops)
 
     @staticmethod
     def _layer(layer: DenseLayer | TwoWayDenseLayer, features: list[Tensor]) -> Tensor:
@@ -98,7 +66,7 @@ class CheckpointDenseBlock(DenseBlock):
 
             def entry(*inputs: Tensor) -> tuple[Tensor, Tensor]:
                 x = torch.cat(inputs, 1)
-                with contextlib.nullcontext() if fresh_two[0] else _frozen_statistics(layer):
+                with contextlib.nullcontext() if fresh_two[0] else frozen_statistics(layer):
                     out = layer.branch1a(x), layer.branch2a(x)
                 fresh_two[0] = False
                 return out
@@ -157,6 +125,8 @@ class SharedDenseBlock(DenseBlock):
         return None
 
     def forward(self, x: Tensor) -> Tensor:
+        if tracing(x):
+            return DenseBlock.forward(self, x)
         if any(isinstance(layer, TwoWayDenseLayer) for layer in self.values()):
             out = _SharedLayersBlock.apply(self, x, *self.parameters()) if _needs_backward(x, self) else None
             out = out if out is not None else _SharedLayersBlock.run(self, x)
@@ -252,7 +222,7 @@ class _SharedLayersBlock(torch.autograd.Function):
             source = buffer[:, :position].detach()
             source = (source.to(ctx.input_dtype) if li == 0 else source).requires_grad_()
             own = [p for p in layer.parameters() if p.requires_grad]
-            with torch.enable_grad(), _frozen_statistics(layer):
+            with torch.enable_grad(), frozen_statistics(layer):
                 with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on):
                     h = layer([source])
                 g_source, *g_params = torch.autograd.grad(

@@ -7,13 +7,17 @@ which copies these classes, writes the call that made it.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 
 class Stage(NamedTuple):
@@ -76,11 +80,14 @@ class DenseBlock(nn.ModuleDict):
     bypass = 0
     residual = False
     dual = 0  # DPN: the channels of each layer's output that join the residual path
+    grad_checkpointing = False  # timm's switch (DenseNet.set_grad_checkpointing): each layer recomputed
 
     def layers(self) -> list[nn.Module]:
         return [m for name, m in self.items() if name not in ("fuse", "entry")]
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not tracing(x):
+            return self.connected(x, checkpointed_layer)
         if self.links is None:
             features = [x]
             for layer in self.values():
@@ -89,15 +96,19 @@ class DenseBlock(nn.ModuleDict):
         return self.connected(x, lambda layer, inputs: layer(inputs))
 
     def connected(self, x: Tensor, run: Callable[[nn.Module, list[Tensor]], Tensor]) -> Tensor:
-        """The block as `links` and `outputs` say, each layer run on its inputs by `run`."""
+        """The block as `links` and `outputs` say (every earlier layer, by default), each layer run on its
+        inputs by `run`."""
         if self.dual:
             return self.dual_path(x, run)
         entry = x
         skip, x = (x[:, : self.bypass], x[:, self.bypass :]) if self.bypass else (None, x)
+        layers = self.layers()
+        every = [list(range(i + 1)) for i in range(len(layers))]
         features = [x]
-        for layer, links in zip(self.layers(), self.links, strict=True):
+        for layer, links in zip(layers, self.links or every, strict=True):
             features.append(run(layer, [features[j] for j in links]))
-        out = [features[j] for j in self.outputs]
+        outputs = self.outputs if self.outputs is not None else range(0 if self.concat_input else 1, len(features))
+        out = [features[j] for j in outputs]
         x = torch.cat(out if skip is None else [skip, *out], 1)
         return self.finish(x, entry)
 
@@ -154,7 +165,7 @@ class SqueezeExcite(nn.Module):
         self.fc1, self.act, self.fc2 = conv(channels, width, 1), nn.ReLU(inplace=True), conv(width, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        s = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        s = x.flatten(2).mean(2)[(..., *(None,) * self.rank)]
         return x * torch.sigmoid(self.fc2(self.act(self.fc1(s))))
 
 
@@ -167,7 +178,7 @@ class EffectiveSqueezeExcite(nn.Module):
         self.fc = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1](channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        s = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        s = x.flatten(2).mean(2)[(..., *(None,) * self.rank)]
         return x * F.hardsigmoid(self.fc(s))
 
 
@@ -200,10 +211,53 @@ class TransitionUp(nn.Module):
     """FC-DenseNet's transition up: transposed convolution, centre crop to the skip's size, concatenation."""
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        x = self.conv(x)
-        starts = [(a - b) // 2 for a, b in zip(x.shape[2:], skip.shape[2:], strict=True)]
-        x = x[(..., *(slice(s, s + n) for s, n in zip(starts, skip.shape[2:], strict=True)))]
-        return torch.cat([x, skip], 1)
+        return torch.cat([centre_crop(self.conv(x), skip), skip], 1)
+
+
+def centre_crop(x: Tensor, like: Tensor) -> Tensor:
+    """The centre of `x` at the spatial size of `like` (one call in a torch.fx graph: sizes are not traced)."""
+    starts = [(a - b) // 2 for a, b in zip(x.shape[2:], like.shape[2:], strict=True)]
+    return x[(..., *(slice(s, s + n) for s, n in zip(starts, like.shape[2:], strict=True)))]
+
+
+torch.fx.wrap("centre_crop")
+
+
+@contextlib.contextmanager
+def frozen_statistics(module: nn.Module) -> Iterator[None]:
+    """Batch norms inside `module` normalise as in training but leave their running statistics (and
+    count) as they are: for a recomputation of what the forward pass already accounted for."""
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
+def checkpointed_layer(layer: nn.Module, inputs: list[Tensor]) -> Tensor:
+    """A layer of any kind kept as its inputs alone: recomputed in the backward pass, its batch norms'
+    statistics counted once, its dropout masks drawn again from the saved RNG state."""
+    fresh = [True]
+
+    def segment(*xs: Tensor) -> Tensor:
+        with contextlib.nullcontext() if fresh[0] else frozen_statistics(layer):
+            out = layer(list(xs))
+        fresh[0] = False
+        return out
+
+    drops = any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules())
+    return checkpoint(segment, *inputs, use_reentrant=False, preserve_rng_state=drops)
+
+
+def tracing(x: Tensor) -> bool:
+    """Whether torch.fx is tracing: a lowered dense block then traces as the naive one (the same function
+    and names; the graph is for inspection and feature extraction, not for the lowering's backward pass)."""
+    return isinstance(x, torch.fx.Proxy)
 
 
 class Features(nn.Sequential):
@@ -221,18 +275,38 @@ class Features(nn.Sequential):
             return super().forward(x)
         return self.walk(x)
 
-    def walk(self, x: Tensor, tap: Callable[[int, Any], None] | None = None) -> Tensor:
-        """The parts in order, calling `tap(exit, maps)` where an exit reads the maps."""
+    def walk(
+        self, x: Tensor, tap: Callable[[int, Any], None] | None = None, taps: dict[str, list[int]] | None = None
+    ) -> Tensor:
+        """The parts in order, calling `tap(i, maps)` where the i-th reader of `taps` (the exits, by
+        default) reads the maps."""
+        taps = self.taps if taps is None else taps
         kept = dict.fromkeys(self.keeps.get("", []), x)
-        for e in self.taps.get("", []) if tap else ():
+        for e in taps.get("", []) if tap else ():
             tap(e, x)
         for name, module in self.named_children():
             x = module(x, kept[self.joins[name]]) if name in self.joins else module(x)
             for key in self.keeps.get(name, []):
                 kept[key] = x
-            for e in self.taps.get(name, []) if tap else ():
+            for e in taps.get(name, []) if tap else ():
                 tap(e, x)
         return x
+
+
+class FeatureMaps(nn.Module):
+    """A backbone (timm's `features_only`): the feature maps of `features` at the taps of
+    `feature_info` (compiler/taps.py), as a list, finest first."""
+
+    def __init__(self, features: Features, feature_info: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.features = features
+        self.feature_info = feature_info
+        self.parts = {t["module"].split(".", 1)[1]: [i] for i, t in enumerate(feature_info)}
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        out: list[Tensor] = []
+        self.features.walk(x, lambda i, maps: out.append(maps[-1] if isinstance(maps, list) else maps), self.parts)
+        return out
 
 
 class MultiScaleStem(nn.ModuleDict):
@@ -353,33 +427,76 @@ class GlobalAvgPool(nn.Module):
     """Average over every spatial dimension, whatever their number: (N, C, *S) -> (N, C)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.mean(dim=tuple(range(2, x.dim())))
+        return x.flatten(2).mean(2)
 
 
 class DenseNet(nn.Module):
-    """`features` (stem, dense blocks, transitions, final norm and pooling), then `classifier`. With
-    early classifiers (`exits`), every exit's scores and the head's, stacked: (exits + 1, N, classes)."""
+    """`features` (stem, dense blocks, transitions, the last norm) returns the last feature maps, as
+    torchvision's does; `head` (the activation and pooling, no weights) and `classifier` follow. With
+    early classifiers (`exits`), every exit's scores and the head's, stacked: (exits + 1, N, classes).
+    timm's model API on top: forward_features, forward_head, get_classifier, reset_classifier,
+    set_grad_checkpointing."""
 
     def __init__(
-        self, features: nn.Sequential, classifier: nn.Module | None = None, exits: nn.ModuleList | None = None
+        self,
+        features: nn.Sequential,
+        head: nn.Sequential | None = None,
+        classifier: nn.Module | None = None,
+        exits: nn.ModuleList | None = None,
     ) -> None:
         super().__init__()
         self.features = features
+        self.head = head if head is not None else nn.Sequential()
         self.classifier = classifier
         self.exits = exits
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last feature maps, (N, C, *S)."""
+        return self.features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Scores from the last feature maps; with `pre_logits`, the pooled features the classifier reads."""
+        x = self.head(x)
+        return x if pre_logits or self.classifier is None else self.classifier(x)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.exits is None:
-            x = self.features(x)
-            return self.classifier(x) if self.classifier is not None else x
+            return self.forward_head(self.features(x))
         scores: list[Tensor] = []
 
         def tap(e: int, maps: Tensor | list[Tensor]) -> None:
             scores.append(self.exits[e](maps[-1] if isinstance(maps, list) else maps))
 
-        x = self.features.walk(x, tap)
-        scores.append(self.classifier(x) if self.classifier is not None else x)
+        scores.append(self.forward_head(self.features.walk(x, tap)))
         return torch.stack(scores)
+
+    def get_classifier(self) -> nn.Module | None:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier (and exits' classifiers) of `num_classes` outputs; 0 leaves the pooled features."""
+        holders = [self, *(self.exits or [])]
+        for holder in holders:
+            old = holder.classifier
+            if old is None:
+                continue
+            if num_classes == 0:
+                holder.classifier = nn.Identity()
+            elif isinstance(old, nn.Linear):
+                holder.classifier = nn.Linear(old.in_features, num_classes, **_like(old.weight))
+            else:  # scores at every position: a 1x1 convolution
+                holder.classifier = type(old)(old.in_channels, num_classes, 1, **_like(old.weight))
+            initialise(holder.classifier)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each dense layer in the backward pass (as the checkpoint lowering does) or not."""
+        for m in self.modules():
+            if isinstance(m, DenseBlock):
+                m.grad_checkpointing = enable
+
+
+def _like(t: Tensor) -> dict[str, Any]:
+    return {"device": t.device, "dtype": t.dtype}
 
 
 NORMS = (

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import networkx as nx
 
-from dsl import DnetError, spec
+from dnetc.dsl import DnetError, spec
 
 Shape = tuple[int, ...]  # (channels, *spatial)
 

@@ -139,7 +139,7 @@ def columns(rows: list[tuple[str, ...]], left: set[int], rules: tuple[int, ...] 
 
 
 def zoo_table(graphs: list[nx.DiGraph]) -> str:
-    """The README's zoo table, in Markdown."""
+    """The zoo table of docs/zoo.md, in Markdown."""
     lines = ["| model | input | params | MACs |", "|---|---|---:|---:|"]
     for g in graphs:
         lines.append(

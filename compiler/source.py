@@ -21,14 +21,14 @@ from pathlib import Path
 
 import networkx as nx
 
-from dsl import zoo_dir
-from dsl.evaluate import literal
+from dnetc.dsl import zoo_dir
+from dnetc.dsl.evaluate import literal
 
 WIDTH = 120  # the copied definitions keep this project's layout (ruff, line length 120)
 INDENT = "    "
 
 # Where the copied definitions come from, in the order they are searched for a name.
-ORIGINS = ("compiler.modules", "compiler.memory", "runtime.checkpoint")
+ORIGINS = ("dnetc.compiler.modules", "dnetc.compiler.memory", "dnetc.runtime.checkpoint")
 
 
 class SourceError(Exception):
@@ -60,7 +60,7 @@ class _Copier:
         self.imports: set[tuple[str, str | None, str]] = set()  # (module, name or None, bound as)
         self.after: dict[str, set[str]] = {}  # module -> the modules its copied definitions need
 
-    def _top(self, module: str) -> tuple[dict[str, ast.stmt], dict[str, ast.stmt]]:
+    def _top(self, module: str) -> tuple[dict[str, ast.stmt], dict[str, list[ast.stmt]]]:
         """A module's top-level definitions and imports, by the name each binds."""
         definitions, imports = {}, {}
         for node in self.trees[module].body:
@@ -70,7 +70,7 @@ class _Copier:
                 definitions[node.targets[0].id] = node
             elif isinstance(node, ast.Import | ast.ImportFrom):
                 for alias in node.names:
-                    imports[alias.asname or alias.name.split(".")[0]] = node
+                    imports.setdefault(alias.asname or alias.name.split(".")[0], []).append(node)
         return definitions, imports
 
     def use(self, code: ast.AST, module: str) -> None:
@@ -79,8 +79,8 @@ class _Copier:
         for name in sorted({n.id for n in ast.walk(code) if isinstance(n, ast.Name)}):
             if name in definitions:
                 self.need(module, name, definitions[name])
-            elif name in imports:
-                self._import(module, name, imports[name])
+            for node in imports.get(name, []) if name not in definitions else []:
+                self._import(module, name, node)
 
     def need(self, module: str, name: str, node: ast.stmt) -> None:
         if (module, name) in self.needed:
@@ -135,8 +135,16 @@ class _Copier:
         out: list[str] = []
         for module in order:
             lines = inspect.getsource(importlib.import_module(module)).splitlines()
-            nodes = sorted((node for (m, _), node in self.needed.items() if m == module), key=lambda n: n.lineno)
-            for node in nodes:
+            names = {name for (m, name) in self.needed if m == module}
+            nodes = [node for (m, _), node in self.needed.items() if m == module]
+            # and the statements that register a copied definition: `torch.fx.wrap("centre_crop")`
+            nodes += [
+                node
+                for node in self.trees[module].body
+                if isinstance(node, ast.Expr)
+                and any(isinstance(c, ast.Constant) and c.value in names for c in ast.walk(node))
+            ]
+            for node in sorted(nodes, key=lambda n: n.lineno):
                 first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
                 out += ["", "", *lines[first - 1 : node.end_lineno]]
         return out
@@ -285,7 +293,7 @@ class _Writer:
         self.dense = any(type(m).__name__ == "DenseBlock" for m in self.model.modules())
 
     def made(self, m: object) -> tuple[str, list[str]]:
-        if type(m).__module__ != "compiler.modules":
+        if type(m).__module__ != "dnetc.compiler.modules":
             head, args = _constructor(m)
             if id(m) in self.classifiers and self.classes is not None and args[1] == str(self.classes):
                 args[1] = "classes"
@@ -299,7 +307,7 @@ class _Writer:
         """Statements that make `m` at `target` (`d2.denselayer1`), its settings and its children, one
         local name a level (`d1`, `d2`, ...) so that every line stays short."""
         head, args = self.made(m)
-        own = type(m).__module__ == "compiler.modules"
+        own = type(m).__module__ == "dnetc.compiler.modules"
         makes_its_own = own and bool(_parameters(type(m)))  # its children made by its constructor
         children = [] if makes_its_own else list(m.named_children())
         cls = type(m)
@@ -384,9 +392,10 @@ class _Writer:
             classifier = self.build(model.classifier, "classifier", 1, i1)
         else:
             classifier = [f"{i1}classifier = None"]
-        exits = self.build(model.exits, "exits", 0, i1) if model.exits is not None else []
+        head = self.build(model.head, "head", 0, i1)
+        exits = self.build(model.exits, "exits", 0, i1) if model.exits is not None else [f"{i1}exits = None"]
         name = self.g.graph["name"]
-        doc = f"{name}, as dnetc compiled it: `features`, then `classifier`"
+        doc = f"{name}, as dnetc compiled it: `features`, `head` and `classifier`"
         if self.dense:
             doc += "; `memory_efficient` recomputes each dense layer in the backward pass instead of keeping its inputs"
         doc_lines = textwrap.wrap(f'"""{doc}."""', WIDTH - len(i1), break_long_words=False)
@@ -398,14 +407,15 @@ class _Writer:
             lines.append(f"{i1}dense_block = CheckpointDenseBlock if memory_efficient else DenseBlock")
         lines += [
             *features,
-            *([f"{i1}features = d0"] if exits else []),
+            f"{i1}features = d0",
+            *head,
             *classifier,
             *exits,
-            f"{i1}model = DenseNet(features, classifier, exits)" if exits else f"{i1}model = DenseNet(d0, classifier)",
+            f"{i1}model = DenseNet(features, head, classifier, exits)",
             f"{i1}initialise(model)",
             f"{i1}return model",
         ]
-        self.copier.use(ast.parse("\n".join(lines)), "compiler.modules")
+        self.copier.use(ast.parse("\n".join(lines)), "dnetc.compiler.modules")
         for name in ("DenseNet", "initialise", "load_weights", *(("CheckpointDenseBlock",) if self.dense else ())):
             self.copier.copy(name)
         return lines

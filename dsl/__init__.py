@@ -3,7 +3,7 @@
 from .errors import DnetError, Span
 from .format import format_source
 from .instantiate import Override
-from .loader import load, parse, parse_overrides, resolve, zoo_dir, zoo_names
+from .loader import load, load_bundle, parse, parse_overrides, resolve, zoo_dir, zoo_names
 from .spec import Network, schema
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Span",
     "format_source",
     "load",
+    "load_bundle",
     "parse",
     "parse_overrides",
     "resolve",

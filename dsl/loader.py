@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 from importlib import resources
@@ -20,7 +21,7 @@ SUFFIX = ".dnet"
 
 def zoo_dir() -> Path:
     """The folder of the model zoo, installed with the package."""
-    return Path(str(resources.files("archs")))
+    return Path(str(resources.files("dnetc.archs")))
 
 
 def zoo_names() -> list[str]:
@@ -68,6 +69,16 @@ def parse(text: str, /, filename: str = "<string>", **overrides: Any) -> spec.Ne
     """Parse spec text (imports resolved next to `filename`, then in the zoo) into its network."""
     path = Path(filename) if filename != "<string>" else None
     return _load_text(text, filename, path, _overrides(None, overrides))
+
+
+def load_bundle(
+    files: Mapping[str, str], main: str, overrides: Mapping[str, Any] | None = None, /, **kwargs: Any
+) -> spec.Network:
+    """The network of a bundle of spec texts (what `Network.bundle()` gives): `main` and the files it
+    uses, each under its path from the main file's folder; nothing is read from disk."""
+    if main not in files:
+        raise DnetError(f"the bundle has no spec `{main}`")
+    return _load_text(files[main], main, None, _overrides(overrides, kwargs), files=dict(files))
 
 
 def parse_overrides(assignments: list[str]) -> dict[str, Override]:
@@ -170,25 +181,40 @@ def _where(at: tuple[Span, str] | None) -> tuple:
 class _Loader:
     """Parses a file and, depth first, every file it uses, refusing cycles."""
 
-    def __init__(self) -> None:
-        self.modules: dict[Path, dict[str, Definition]] = {}
-        self.stack: list[Path] = []
+    def __init__(self, files: dict[str, str] | None = None) -> None:
+        self.modules: dict[Path | str, dict[str, Definition]] = {}
+        self.stack: list[Path | str] = []
         self.sources: dict[str, str] = {}
+        self.files = files  # a bundle's texts, read instead of the disk
+        self.bundle: dict[str, str] = {}  # every text loaded, under its path from the main file's folder
 
-    def module(self, text: str, file: str, path: Path | None) -> tuple[ast.Module, dict[str, Definition]]:
+    def module(
+        self, text: str, file: str, path: Path | None, key: str | None = None
+    ) -> tuple[ast.Module, dict[str, Definition]]:
+        key = key or (path.name if path is not None else file)
         self.sources[file] = text
+        self.bundle[key] = text
         module = parse_module(text, file)
         scope: dict[str, Definition] = {}
         for use in module.uses:
-            target = self.find(use, path)
+            target_key = posixpath.normpath(posixpath.join(posixpath.dirname(key), use.path))
+            if self.files is not None:
+                if target_key not in self.files:
+                    raise DnetError(f"cannot find `{use.path}` among the bundled specs", use.path_span)
+                target: Path | str = target_key
+            else:
+                target = self.find(use, path)
             if target in self.stack:
-                cycle = " -> ".join(p.name for p in [*self.stack[self.stack.index(target) :], target])
+                cycle = " -> ".join(Path(p).name for p in [*self.stack[self.stack.index(target) :], target])
                 raise DnetError(f"import cycle: {cycle}", use.path_span, label="imported again here")
             if len(self.stack) >= MAX_IMPORT_DEPTH:
                 raise DnetError(f"imports nest deeper than {MAX_IMPORT_DEPTH} files", use.path_span)
             if target not in self.modules:
                 self.stack.append(target)
-                _, names = self.module(_read(target, (use.path_span, text)), _display(target), target)
+                if isinstance(target, str):
+                    _, names = self.module(self.files[target], target, None, target_key)
+                else:
+                    _, names = self.module(_read(target, (use.path_span, text)), _display(target), target, target_key)
                 self.stack.pop()
                 self.modules[target] = names
             names = self.modules[target]
@@ -225,10 +251,14 @@ class _Loader:
         )
 
 
-def _load_text(text: str, file: str, path: Path | None, overrides: dict[str, Override]) -> spec.Network:
-    loader = _Loader()
+def _load_text(
+    text: str, file: str, path: Path | None, overrides: dict[str, Override], files: dict[str, str] | None = None
+) -> spec.Network:
+    loader = _Loader(files)
     if path is not None:
         loader.stack.append(path.resolve())
+    elif files is not None:
+        loader.stack.append(file)
     try:
         module, scope = loader.module(text, file, path)
         own = [n for n in module.networks]
@@ -238,7 +268,7 @@ def _load_text(text: str, file: str, path: Path | None, overrides: dict[str, Ove
             )
         main = _main_network(own, file)
         network = instantiate(scope[main.name], overrides)
-        network._sources = loader.sources
+        network._sources, network._bundle = loader.sources, (loader.bundle, next(iter(loader.bundle)))
         return network
     except DnetError as e:
         if e.source is None and e.span is not None and e.span.file in loader.sources:

@@ -556,6 +556,12 @@ class Network(Node):
     normalization: Normalization = "batch"
     activation: Activation = "relu"
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    _bundle: tuple[dict[str, str], str] = PrivateAttr(default_factory=lambda: ({}, ""))
+
+    def bundle(self) -> tuple[dict[str, str], str]:
+        """The texts of the spec and every file it uses, each under its path from the spec's folder, and
+        the spec's: what `dsl.load_bundle` rebuilds the network from, with nothing read from disk."""
+        return dict(self._bundle[0]), self._bundle[1]
 
     def locate(self, error: DnetError) -> DnetError:
         """Attach the text of the file an error points into, for errors found after parsing."""

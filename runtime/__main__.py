@@ -3,7 +3,7 @@
 import os
 import sys
 
-from runtime.cli import main
+from dnetc.runtime.cli import main
 
 code = main()
 if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from compiler.report import columns
+from dnetc.compiler.report import columns
 
 if TYPE_CHECKING:
     from .train import Trainer

@@ -1,8 +1,9 @@
 """Checkpoints that survive crashes: written atomically, checked by a checksum, loaded without code.
 
-A checkpoint file is one header line, `DNETC-CHECKPOINT/2 sha256=<hex>`, then the torch.save bytes of
-the state; the checksum covers every byte after the header, so any flipped or missing byte is caught
-(format 1 wrapped the bytes in a second torch file, whose own bytes went unchecked; it still loads).
+A checkpoint file is what torch.save writes (a zip archive, which plain `torch.load(path,
+weights_only=True)` opens), its archive comment `DNETC-CHECKPOINT/3 sha256=<hex>` the checksum of every
+byte before it, so any flipped or missing byte is caught. Format 2 put the same checksum in a header
+line before the torch bytes, and format 1 wrapped the bytes in a second torch file; both still load.
 A file is written to a temporary file in the same folder, fsynced, and renamed over the old one, so
 that a crash leaves either the old file or the new (and a temporary file, which the next run
 removes). Everything loads with weights_only=True: a crafted pickle cannot run code.
@@ -13,14 +14,18 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 
-FORMAT = "dnetc-checkpoint/2"
-MAGIC = FORMAT.upper().encode() + b" sha256="  # the first bytes of every checkpoint file
+FORMAT = "dnetc-checkpoint/3"
+MAGIC = FORMAT.upper().encode() + b" sha256="  # the archive comment of every checkpoint, then 64 hex digits
+TAIL = len(MAGIC) + 64
+MAGIC_2 = b"DNETC-CHECKPOINT/2 sha256="  # format 2's first bytes
 FORMAT_1 = "dnetc-checkpoint/1"
+_END = b"PK\x05\x06"  # a zip archive's end record, 22 bytes, its last two the comment's length
 
 
 class CheckpointError(ValueError):
@@ -35,13 +40,16 @@ def save(state: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    body = buffer.getbuffer()
-    header = MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n"
+    body = bytearray(buffer.getbuffer())
+    if body[-22:-18] != _END or body[-2:] != b"\0\0":
+        raise AssertionError("torch.save wrote no zip archive without a comment")  # torch >= 1.6 always does
+    body[-2:] = struct.pack("<H", TAIL)
+    comment = MAGIC + hashlib.sha256(body).hexdigest().encode()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(header)
             f.write(body)
+            f.write(comment)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -83,9 +91,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    """Whether the file begins as a dnetc checkpoint of format 2 does."""
+    """Whether the file ends as a dnetc checkpoint of format 3 does, or begins as one of format 2."""
     with open(path, "rb") as f:
-        return f.read(len(MAGIC)) == MAGIC
+        start = f.read(len(MAGIC_2))
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - TAIL))
+        return f.read(len(MAGIC)) == MAGIC or start == MAGIC_2
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -93,11 +104,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     data = path.read_bytes()
-    if not data.startswith(MAGIC):
+    if data[-TAIL:].startswith(MAGIC):
+        body, digest = data[:-TAIL], data[-TAIL + len(MAGIC) :]
+    elif data.startswith(MAGIC_2):
+        header, newline, body = data.partition(b"\n")
+        digest = header[len(MAGIC_2) :] if newline else b""
+    else:
         return _load_format_1(path, data, map_location)
-    header, newline, body = data.partition(b"\n")
-    digest = header[len(MAGIC) :].decode("ascii", errors="replace")
-    if not newline or hashlib.sha256(body).hexdigest() != digest:
+    if hashlib.sha256(body).hexdigest().encode() != digest:
         raise CheckpointError(f"{path} is corrupt (truncated or altered): its checksum does not match its contents")
     return _unpickle(path, body, map_location)
 
@@ -124,7 +138,7 @@ def _unpickle(path: Path, body: bytes, map_location: str | torch.device) -> dict
 
 def _load_format_1(path: Path, data: bytes, map_location: str | torch.device) -> dict[str, Any]:
     """A checkpoint of dnetc before format 2: a torch file of {format, sha256, payload}."""
-    if MAGIC.startswith(data[: len(MAGIC)]) and data:
+    if MAGIC_2.startswith(data[: len(MAGIC_2)]) and data:
         raise CheckpointError(f"{path} is not a readable checkpoint: it is truncated ({len(data)} bytes)")
     try:
         outer = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

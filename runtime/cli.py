@@ -14,14 +14,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
-import dsl
-from compiler.estimate import DTYPE_BYTES
-from compiler.lowerings import LOWERINGS, choices
-from runtime import version
-from runtime.config import COMPILE_MODES, DECODERS, PRECISIONS
-from runtime.optim import OPTIMIZERS
-from runtime.outputs import EMIT_FORMATS, EXPORT_FORMATS, draw, emit_source, export, summary
-from runtime.weights import WeightsError
+from dnetc import dsl
+from dnetc.compiler.estimate import DTYPE_BYTES
+from dnetc.compiler.lowerings import LOWERINGS, choices
+from dnetc.runtime import version
+from dnetc.runtime.config import COMPILE_MODES, DECODERS, PRECISIONS
+from dnetc.runtime.optim import OPTIMIZERS
+from dnetc.runtime.outputs import EMIT_FORMATS, EXPORT_FORMATS, draw, emit_source, export, summary
+from dnetc.runtime.tensorfile import TensorFileError, check, is_tensorfile, load_spec, recorded_overrides
+from dnetc.runtime.weights import WeightsError
 
 EPILOG = """\
 examples:
@@ -34,12 +35,15 @@ examples:
   dnetc densenet169 --viz --viz-detail block
   dnetc densenet121 --emit python net.py      standalone PyTorch source (imports only torch)
   dnetc densenet121 --weights tv.pth --export onnx densenet121.onnx
+  dnetc densenet_bc --weights runs/RUN/checkpoints/best.pt --export safetensors bc.safetensors
+  dnetc bc.safetensors --summary             the network rebuilt from the file's metadata, its weights checked
   dnetc densenet121 --weights tv.pth --reset-classifier --set classes=10 --train folder
   dnetc zoo                                  the model zoo with params and MACs
   dnetc fmt [--check] FILES                  lay .dnet files out canonically
   dnetc schema                               the JSON Schema of a validated spec
 
-SPEC is a .dnet file or the name of a zoo model. The language is taught in docs/language.md.
+SPEC is a .dnet file, the name of a zoo model, or a .safetensors file that dnetc wrote.
+The language is taught in docs/language.md.
 """
 
 
@@ -50,7 +54,9 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("spec", metavar="SPEC", help="a .dnet file or a zoo model name (`dnetc zoo` lists them)")
+    p.add_argument(
+        "spec", metavar="SPEC", help="a .dnet file, a zoo model (`dnetc zoo` lists them) or a dnetc .safetensors file"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -100,13 +106,15 @@ def parser() -> argparse.ArgumentParser:
         "--export",
         nargs=2,
         metavar=("FORMAT", "FILE"),
-        help="write the network for deployment: `onnx` (dynamic batch), with --weights if given; `condensed`: "
-        "a trained CondenseNet's --weights converted to its inference form",
+        help="write the network with --weights if given: `onnx` (dynamic batch); `safetensors` (the weights, the "
+        "spec in the metadata: the file alone rebuilds the network); `condensed`: a trained CondenseNet's "
+        "--weights converted to its inference form",
     )
     p.add_argument(
         "--weights",
         metavar="FILE",
-        help="start from these weights: a dnetc checkpoint, a state_dict, or torchvision's DenseNet .pth",
+        help="start from these weights: a dnetc checkpoint, a state_dict, a .safetensors file (dnetc's, timm's, "
+        "anyone's), or torchvision's DenseNet .pth",
     )
     p.add_argument(
         "--reset-classifier",
@@ -211,9 +219,9 @@ def parser() -> argparse.ArgumentParser:
 
 def zoo_command(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="dnetc zoo", description="List the model zoo with params and MACs.")
-    p.add_argument("--markdown", action="store_true", help="print the table in Markdown, as README.md shows it")
+    p.add_argument("--markdown", action="store_true", help="print the table in Markdown, as docs/zoo.md shows it")
     args = p.parse_args(argv)
-    from compiler import build_graph, report
+    from dnetc.compiler import build_graph, report
 
     graphs = [build_graph(dsl.load(name)) for name in dsl.zoo_names()]
     if args.markdown:
@@ -244,13 +252,13 @@ def usage_error(message: str) -> int:
 
 def run(argv: Sequence[str]) -> int:
     if argv and argv[0] == "fmt":
-        from runtime.fmt import main as fmt_command
+        from dnetc.runtime.fmt import main as fmt_command
 
         return fmt_command(argv[1:])
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
     args = parser().parse_args(argv)
-    from compiler import build_graph, report
+    from dnetc.compiler import build_graph, report
 
     if args.batch < 1:
         return usage_error(f"--batch must be at least 1, not {args.batch}")
@@ -264,8 +272,12 @@ def run(argv: Sequence[str]) -> int:
         return usage_error("--eval takes a run directory or checkpoint, or evaluates --weights FILE on --train DATASET")
     if args.weights and (args.resume or args.eval):
         return usage_error("--weights starts a model; --resume and --eval RUN_DIR|FILE take theirs from the checkpoint")
-    network = dsl.load(args.spec, dsl.parse_overrides(args.overrides))
+    if is_tensorfile(args.spec):  # a network with its weights: rebuilt from the file, its weights loaded
+        args.weights = args.weights or args.spec
+    network = load_spec(args.spec, dsl.parse_overrides(args.overrides))
     g = build_graph(network)
+    if is_tensorfile(args.spec) and not args.overrides:  # as written: the same parameter count
+        check(args.spec, g)
     memory = args.memory or network.memory or "naive"
     quiet = args.json or (args.emit is not None and len(args.emit) == 1)
     if args.json:
@@ -287,9 +299,10 @@ def run(argv: Sequence[str]) -> int:
     if args.export:
 
         def converted() -> object:  # the family's other form: CondenseNet's inference network
-            return build_graph(dsl.load(args.spec, dsl.parse_overrides(args.overrides), converted=True))
+            return build_graph(load_spec(args.spec, dsl.parse_overrides(args.overrides), converted=True))
 
-        code = export(g, args.export[0], args.export[1], args.weights, args.reset_classifier, converted)
+        recorded = [*recorded_overrides(args.spec), *args.overrides] if is_tensorfile(args.spec) else args.overrides
+        code = export(g, args.export[0], args.export[1], args.weights, args.reset_classifier, converted, recorded)
         if code:
             return code
     if args.train or args.eval is not None:
@@ -298,10 +311,10 @@ def run(argv: Sequence[str]) -> int:
 
 
 def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from runtime.checkpoint import CheckpointError
-    from runtime.config import Config, TrainingError, UsageError
-    from runtime.data import DataError
-    from runtime.launch import evaluate, train
+    from dnetc.runtime.checkpoint import CheckpointError
+    from dnetc.runtime.config import Config, TrainingError, UsageError
+    from dnetc.runtime.data import DataError
+    from dnetc.runtime.launch import evaluate, train
 
     flags = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}  # the run flags
     try:
@@ -323,7 +336,7 @@ def train_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
             weights=args.weights,
             reset_classifier=args.reset_classifier,
         )["code"]
-    except (DataError, CheckpointError, UsageError) as e:
+    except (DataError, CheckpointError, UsageError, TensorFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
@@ -340,9 +353,9 @@ def _spawn(args: argparse.Namespace, argv: Sequence[str], flags: dict) -> int:
     directory, then start the N workers."""
     import os
 
-    from runtime import distributed
-    from runtime.launch import prepare_workers
-    from runtime.train import run_dir
+    from dnetc.runtime import distributed
+    from dnetc.runtime.launch import prepare_workers
+    from dnetc.runtime.train import run_dir
 
     if args.nproc < 1 or not args.train:
         print("error: --nproc takes a number of processes of at least 1, with --train", file=sys.stderr)
@@ -379,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except dsl.DnetError as e:
         print(e.render(), file=sys.stderr)
         return 2
-    except WeightsError as e:
+    except (WeightsError, TensorFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -61,15 +61,15 @@ def fetch(url: str, dest: Path, md5: str | None, quiet: bool = False) -> Path:
 
 
 def _copy(source, target, have: int, size: int, name: str, quiet: bool) -> None:
+    from tqdm import tqdm
+
     live = not quiet and sys.stderr.isatty()
-    done = have
-    while chunk := source.read(CHUNK):
-        target.write(chunk)
-        done += len(chunk)
-        if live and size:
-            sys.stderr.write(f"\r{name}: {done / 2**20:,.0f} / {size / 2**20:,.0f} MiB ({100 * done / size:.0f}%) ")
-    if live:
-        sys.stderr.write("\n")
+    with tqdm(
+        total=size or None, initial=have, desc=name, unit="B", unit_scale=True, disable=not live, file=sys.stderr
+    ) as bar:
+        while chunk := source.read(CHUNK):
+            target.write(chunk)
+            bar.update(len(chunk))
     target.flush()
 
 

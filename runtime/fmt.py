@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dsl import DnetError, format_source
+from dnetc.dsl import DnetError, format_source
 
 SUFFIX = ".dnet"
 

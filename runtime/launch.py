@@ -16,16 +16,16 @@ from typing import Any
 import networkx as nx
 import torch
 
-import compiler
-import dsl
-from dsl.errors import did_you_mean
-from dsl.evaluate import literal
+from dnetc import compiler, dsl
+from dnetc.dsl.errors import did_you_mean
+from dnetc.dsl.evaluate import literal
 
 from . import checkpoint, distributed, version
 from .config import default_device
 from .data import class_count, load
 from .datasets import Dataset, dataset
 from .tasks import TASKS
+from .tensorfile import load_spec
 from .train import Config, Trainer, TrainingError, check, latest_checkpoint, resolve, run_dir
 from .weights import classifier_modules, load_into, sha256
 
@@ -38,7 +38,7 @@ def bind(
     leaves it to the data (image folders)."""
     ds = dataset(name)
     classes = classes or ds.classes
-    network = dsl.load(spec, overrides)
+    network = load_spec(spec, overrides)
     params = network.parameters
     extra: dict[str, Any] = {}
     if "classes" in params and "classes" not in overrides:
@@ -50,7 +50,7 @@ def bind(
     if not augment and dropout and "dropout" in params and "dropout" not in overrides:
         extra["dropout"] = dropout
     if extra:
-        network = dsl.load(spec, overrides, **extra)
+        network = load_spec(spec, overrides, **extra)
     g = compiler.build_graph(network)
     shape, output = tuple(g.nodes["input"]["shape"]), tuple(g.nodes[g.graph["output"]]["shape"])
     TASKS[ds.task].check(network, shape, output, ds, classes)  # a spec mistake for this use: exit 2
@@ -312,7 +312,7 @@ def evaluate(
     title = run.dataset.title(run.config.augment) + (", ten crops" if ten_crop else "")
     print(f"{title} {trainer.task.score(scores)}, test loss {scores['test_loss']:.4f}: {path}")
     if run.graph.graph["exits"]:  # a multi-exit network: its anytime and budgeted tables
-        from compiler.report import exits
+        from dnetc.compiler.report import exits
 
         from . import anytime
 

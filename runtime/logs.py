@@ -58,12 +58,15 @@ def curves(history: list[dict[str, Any]], path: Path) -> None:
 
     epochs = [r["epoch"] for r in history]
     fig, (loss, error) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((loss, "loss", "loss"), (error, "error", "error (%)")):
+    for ax, key, label in ((loss, "loss", "loss (log scale)"), (error, "error", "error (%, log scale)")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], label="train", marker=".")
         ax.plot(epochs, [r[f"test_{key}"] for r in history], label="test", marker=".")
+        # both fall by orders of magnitude after the first epochs: on a linear axis they are flat from epoch 2
+        if all(r[f"{split}_{key}"] > 0 for r in history for split in ("train", "test")):
+            ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
         ax.legend()
     if history:
         error.set_title(f"final test error {history[-1]['test_error']:.2f}%")

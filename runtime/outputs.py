@@ -1,5 +1,5 @@
 """What dnetc writes of a compiled network: the summary tables, a diagram, the standalone source,
-an ONNX file. The writers return an exit code (0; 1 for a failure, 2 for a diagram path of no known
+an ONNX or safetensors file. The writers return an exit code (0; 1 for a failure, 2 for a diagram path of no known
 format), told on stderr; torch and graphviz are imported only by the outputs that need them.
 """
 
@@ -13,14 +13,13 @@ from typing import Any
 import networkx as nx
 
 EMIT_FORMATS = ("python",)
-EXPORT_FORMATS = ("onnx", "condensed")
 
 
 def emit_source(g: nx.DiGraph, path: str | None, memory: str, overrides: list[str]) -> int:
     """`--emit python [FILE]`: the standalone source, memory-efficient by default when the spec or
     `--memory` asks for a memory-efficient lowering (the source's checkpointing stands in for them)."""
-    from compiler.lowerings import LOWERINGS
-    from compiler.source import python_source
+    from dnetc.compiler.lowerings import LOWERINGS
+    from dnetc.compiler.source import python_source
 
     efficient = memory != "auto" and LOWERINGS[memory].memory_efficient
     text = python_source(g, memory_efficient=efficient, overrides=overrides)
@@ -37,13 +36,17 @@ def emit_source(g: nx.DiGraph, path: str | None, memory: str, overrides: list[st
 
 
 def export(
-    g: nx.DiGraph, fmt: str, path: str, weights: str | None, reset_classifier: bool, converted: Callable[[], Any]
+    g: nx.DiGraph,
+    fmt: str,
+    path: str,
+    weights: str | None,
+    reset_classifier: bool,
+    converted: Callable[[], Any],
+    overrides: list[str],
 ) -> int:
-    """`--export onnx FILE`: the naive lowering in eval mode, with the weights given. `--export condensed
-    FILE`: a trained CondenseNet's weights in its converted form (`converted()` builds that network)."""
-    from compiler.emit import emit
-    from compiler.export import ExportError, onnx
-    from runtime.weights import classifier_modules, load_into
+    """`--export FORMAT FILE`: the naive lowering with the weights given, written as EXPORTS[FORMAT] says."""
+    from dnetc.compiler.emit import emit
+    from dnetc.runtime.weights import WeightsError, classifier_modules, load_into
 
     refusal = _condensed_refusal(g, weights) if fmt == "condensed" else None
     if refusal:
@@ -52,15 +55,37 @@ def export(
     model = emit(g, "naive")
     if weights:
         reset = classifier_modules(g) if reset_classifier else ()
-        load_into(model, weights, reset, g.graph["name"])
-    if fmt == "condensed":
-        return _condensed(model, path, converted)
+        try:
+            load_into(model, weights, reset, g.graph["name"])
+        except WeightsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return EXPORTS[fmt](g, model, path, converted, overrides)
+
+
+def _onnx(g: nx.DiGraph, model: Any, path: str, converted: Callable[[], Any], overrides: list[str]) -> int:
+    """The network in eval mode, any batch size."""
+    from dnetc.compiler.export import ExportError, onnx
+
     try:
         onnx(model, tuple(g.nodes["input"]["shape"]), path)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {path}")
+    return 0
+
+
+def _safetensors(g: nx.DiGraph, model: Any, path: str, converted: Callable[[], Any], overrides: list[str]) -> int:
+    """The weights, and in the metadata the spec's texts, overrides, parameter count and the weights' SHA-256."""
+    from dnetc.runtime import tensorfile
+
+    try:
+        tensorfile.write(model, g.graph["network"], overrides, path, g.graph["params"])
+    except OSError as e:
+        print(f"error: cannot write `{path}`: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}: `dnetc {path} --summary` rebuilds the network from it")
     return 0
 
 
@@ -75,10 +100,11 @@ def _condensed_refusal(g: nx.DiGraph, weights: str | None) -> str | None:
     return None
 
 
-def _condensed(model: Any, path: str, converted: Callable[[], Any]) -> int:
-    from compiler.condense import ConversionError, convert
-    from compiler.emit import emit
-    from runtime import checkpoint
+def _condensed(g: nx.DiGraph, model: Any, path: str, converted: Callable[[], Any], overrides: list[str]) -> int:
+    """A trained CondenseNet's weights in its converted form (`converted()` builds that network)."""
+    from dnetc.compiler.condense import ConversionError, convert
+    from dnetc.compiler.emit import emit
+    from dnetc.runtime import checkpoint
 
     target = emit(converted(), "naive")
     try:
@@ -89,6 +115,12 @@ def _condensed(model: Any, path: str, converted: Callable[[], Any]) -> int:
     checkpoint.save({"model": target.state_dict()}, path)
     print(f"wrote {path}: the converted weights; use them with --set converted=true --weights {path}")
     return 0
+
+
+# `--export FORMAT FILE`: each format's writer, given the graph, the model with its weights, the path,
+# the family's other form (CondenseNet's converted network) and the overrides
+EXPORTS: dict[str, Callable[..., int]] = {"onnx": _onnx, "safetensors": _safetensors, "condensed": _condensed}
+EXPORT_FORMATS = tuple(EXPORTS)
 
 
 def summary(
@@ -104,11 +136,11 @@ def summary(
     other), and the estimated training memory of each lowering; with `weights`, loaded first."""
     import torchinfo
 
-    from compiler import report
-    from compiler.emit import emit
-    from compiler.lowerings import LOWERINGS
-    from compiler.memory import choose_lowering
-    from runtime.weights import load_into
+    from dnetc.compiler import report
+    from dnetc.compiler.emit import emit
+    from dnetc.compiler.lowerings import LOWERINGS
+    from dnetc.compiler.memory import choose_lowering
+    from dnetc.runtime.weights import load_into
 
     lowering = choose_lowering(g, memory, batch)
     model = emit(g, lowering)
@@ -160,7 +192,7 @@ def draw(g: nx.DiGraph, path: str, detail: str) -> int:
     source, so that nothing is lost, and how to install it."""
     import graphviz
 
-    from compiler import viz
+    from dnetc.compiler import viz
 
     fmt = path.rsplit(".", 1)[-1].lower() if "." in Path(path).name else ""
     if fmt not in viz.FORMATS:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import dsl
+from dnetc import dsl
 
 if TYPE_CHECKING:
     from .datasets import Dataset

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from compiler.lowerings import LOWERINGS
+from dnetc.compiler.lowerings import LOWERINGS
 
 from . import checkpoint, ema, optim
 from .config import Config, TrainingError, UsageError, check, graph_refusal, resolve
@@ -471,31 +471,41 @@ class Clock:
 
 
 class Progress:
-    """A progress line per epoch on a terminal (stderr), rewritten in place at most twice a second,
-    from the sums the host last read (a window of steps behind the GPU)."""
+    """A progress bar per epoch on a terminal (tqdm, on stderr), updated at most twice a second from the
+    sums the host last read (a window of steps behind the GPU)."""
 
     def __init__(self, epochs: int, live: bool = True) -> None:
         self.epochs = epochs
         self.live = live and sys.stderr.isatty()
         self.last = 0.0
+        self.bar: Any = None
+        self.epoch = -1
 
     def update(self, epoch: int, step: int, steps: int, totals: Totals, lr: float, seconds: float) -> None:
         now = time.monotonic()
         if not self.live or (now - self.last < 0.5 and step < steps):
             return
         self.last = now
+        if self.bar is None or epoch != self.epoch:
+            from tqdm import tqdm
+
+            self.clear()
+            self.bar = tqdm(
+                total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step", leave=False, file=sys.stderr
+            )
+            self.epoch = epoch
         seen = max(totals.seen, 1)
-        bar = "#" * (20 * step // steps)
-        sys.stderr.write(
-            f"\repoch {epoch + 1}/{self.epochs} [{bar:<20}] {step}/{steps}  loss {totals.loss / seen:.4f}  "
-            f"acc {100 * totals.hits / seen:.2f}%  lr {lr:.4g}  {totals.seen / max(seconds, 1e-9):,.0f} img/s "
+        self.bar.set_postfix_str(
+            f"loss {totals.loss / seen:.4f}  acc {100 * totals.hits / seen:.2f}%  lr {lr:.4g}  "
+            f"{totals.seen / max(seconds, 1e-9):,.0f} img/s",
+            refresh=False,
         )
-        sys.stderr.flush()
+        self.bar.update(step - self.bar.n)
 
     def clear(self) -> None:
-        if self.live:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:

@@ -1,4 +1,5 @@
-"""Weights from elsewhere: dnetc checkpoints, plain state_dicts and torchvision's DenseNet files.
+"""Weights from elsewhere: dnetc checkpoints, plain state_dicts, safetensors files (dnetc's, timm's,
+anyone's) and torchvision's DenseNet files.
 
 Every file is read with weights_only=True. Keys are brought to the compiled module's names:
 the `module.` of DDP and `_orig_mod.` of torch.compile are dropped, and torchvision's old key
@@ -21,6 +22,8 @@ if TYPE_CHECKING:  # torch is imported when weights are read: `dnetc SPEC` valid
 _OLD_STYLE = re.compile(
     r"(denselayer\d+\.(?:norm|relu|conv))\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$"
 )
+# dnetc before 0.2 named a stem's repeated parts conv0, conv0_2, conv0_3; now conv0, conv1, conv2 (timm's)
+_OLD_STEM = re.compile(r"^(features\.[a-z_]+?)0_(\d+)\.")
 _PREFIXES = ("module.", "_orig_mod.")
 MAX_ROWS = 24
 
@@ -34,14 +37,14 @@ def read(path: str | Path) -> dict[str, Tensor]:
     dict holding one under `state_dict` or `model`; keys in the compiled module's style."""
     import torch
 
-    from . import checkpoint
+    from . import checkpoint, tensorfile
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"no weights file at {path}")
     try:
-        state = checkpoint.load_weights(path)
-    except checkpoint.CheckpointError as e:
+        state = tensorfile.read(path)[0] if tensorfile.is_tensorfile(path) else checkpoint.load_weights(path)
+    except (checkpoint.CheckpointError, tensorfile.TensorFileError) as e:
         raise WeightsError(str(e)) from None
     except Exception as e:
         raise WeightsError(_unreadable(path, e)) from None
@@ -71,6 +74,7 @@ def translate(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         for prefix in _PREFIXES:
             while key.startswith(prefix):
                 key = key[len(prefix) :]
+        key = _OLD_STEM.sub(lambda m: f"{m.group(1)}{int(m.group(2)) - 1}.", key)
         out[_OLD_STYLE.sub(r"\1\2.\3", key)] = value
     return out
 

@@ -31,7 +31,7 @@ def _distinct_zoo() -> list[str]:
     hardnet()`): the same network twice, which the slower per-model tests run once."""
     import re
 
-    import dsl
+    from dnetc import dsl
 
     same = set()
     for path in dsl.zoo_dir().glob("*.dnet"):
@@ -44,7 +44,7 @@ ZOO_DISTINCT = _distinct_zoo()
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args],
+        [sys.executable, "-m", "dnetc.runtime.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd or ROOT,
@@ -75,7 +75,7 @@ def cli():
 def dnetc(capsys):
     """`dnetc ARGS` in this process, without an interpreter's start-up: exit status and output, as
     run_cli gives them. For commands that leave no global state behind (no --deterministic)."""
-    from runtime.cli import main
+    from dnetc.runtime.cli import main
 
     def call(*args: str) -> subprocess.CompletedProcess:
         capsys.readouterr()

@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 from lark import Lark
 
-import compiler
-import dsl
-from dsl import syntax
+from dnetc import compiler, dsl
+from dnetc.dsl import syntax
 
 SOURCES = {p.name: p.read_text() for p in sorted(dsl.zoo_dir().glob("*.dnet"))}
 PIECES = [

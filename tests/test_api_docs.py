@@ -35,3 +35,16 @@ def test_the_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["g"].graph["params"] == 15_324_406  # DenseNet-BC (L=250, k=24), as the zoo table says
     assert namespace["result"]["test_error"] < 20
+
+
+def test_the_ecosystem_page_examples_run(tmp_path, monkeypatch):
+    """docs/ecosystem.md's Python blocks (torchvision's feature extraction and FCN on a dnetc backbone)."""
+    pytest.importorskip("torchvision")
+    monkeypatch.chdir(tmp_path)
+    page = ROOT / "docs" / "ecosystem.md"
+    namespace: dict = {"__name__": "ecosystem_docs"}
+    for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
+        block = block.replace('"path/to/dnetc"', repr(str(ROOT)))
+        exec(compile(block, f"{page}:block{i}", "exec"), namespace)
+    assert tuple(namespace["maps"].shape) == (1, 1024, 7, 7)
+    assert [o.shape[-1] for o in namespace["outputs"].values()] == [112, 56, 28, 14, 7]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import compiler
-import dsl
-from compiler.emit import emit
-from compiler.modules import BlurPool
+from dnetc import compiler, dsl
+from dnetc.compiler.emit import emit
+from dnetc.compiler.modules import BlurPool
 
 from .test_memory import compare
 from .test_source import BLURRED, check_equal

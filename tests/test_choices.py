@@ -10,11 +10,10 @@ import torch
 import torchinfo
 from torch import nn
 
-import compiler
-import dsl
-from compiler.emit import emit
-from compiler.estimate import estimate
-from compiler.lowerings import LOWERINGS
+from dnetc import compiler, dsl
+from dnetc.compiler.emit import emit
+from dnetc.compiler.estimate import estimate
+from dnetc.compiler.lowerings import LOWERINGS
 
 from .test_memory import REDUCED, compare, measured_saved_bytes
 from .test_source import check_equal
@@ -39,7 +38,7 @@ def test_counts_equal_torchinfo_and_modules_are_the_choice(norm, act):
     assert (stats.total_params, stats.total_mult_adds) == (g.graph["params"], g.graph["macs"])
     layer = model.features.denseblock1.denselayer1
     assert type(layer.norm1) is NORM_TYPES[norm] and type(layer.relu2) is ACT_TYPES[act]
-    assert type(model.features.transition1.norm) is NORM_TYPES[norm] and type(model.features.relu4) is ACT_TYPES[act]
+    assert type(model.features.transition1.norm) is NORM_TYPES[norm] and type(model.head.relu4) is ACT_TYPES[act]
     if norm in ("layer", "group(4)"):
         assert layer.norm1.num_groups == (1 if norm == "layer" else 4)
 

@@ -79,7 +79,7 @@ def test_json_matches_torchinfo(cli):
     import torch
     import torchinfo
 
-    import compiler
+    from dnetc import compiler
 
     r = cli("densenet169", "--summary", "--json")
     assert r.returncode == 0, r.stderr

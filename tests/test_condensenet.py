@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import compiler
-import dsl
-from compiler.condense import ConversionError, convert
-from compiler.emit import emit
-from compiler.modules import LearnedGroupConv
+from dnetc import compiler, dsl
+from dnetc.compiler.condense import ConversionError, convert
+from dnetc.compiler.emit import emit
+from dnetc.compiler.modules import LearnedGroupConv
 
 REFERENCE = {
     k: v
@@ -96,14 +95,14 @@ def test_the_converted_network_computes_the_condensed_features(form):
     trained, converted, x = _condensed(**form)
     convert(trained, converted.eval())
     with torch.no_grad():
-        features = trained.features(x)
-        pooled = x
-        for name, module in converted.features.named_children():  # up to the classifier's selection
+        features = trained.forward_head(trained.features(x), pre_logits=True)  # the pooled features
+        pooled = converted.features(x)
+        for name, module in converted.head.named_children():  # up to the classifier's selection
             if name == "select3":
                 break
             pooled = module(pooled)
         assert torch.allclose(pooled, features, rtol=0, atol=1e-10)
-        select = converted.features.get_submodule("select3")
+        select = converted.head.get_submodule("select3")
         expected = features[:, select.index] @ converted.classifier.weight.T + converted.classifier.bias
         assert torch.allclose(converted(x), expected, atol=1e-10)
         # the classifier keeps the half of the features whose weights weigh most
@@ -135,8 +134,8 @@ def test_export_condensed_writes_weights_the_converted_form_loads(tmp_path, dnet
 
 
 def test_the_trainer_condenses_and_adds_the_group_lasso(tmp_path):
-    from runtime.launch import plan
-    from runtime.train import Trainer
+    from dnetc.runtime.launch import plan
+    from dnetc.runtime.train import Trainer
 
     flags = {"epochs": 2, "device": "cpu", "precision": "fp32"}  # not deterministic: that flag is process-wide
     overrides = {"stages": [2, 2], "growth": [4, 8], "lasso": 1e-4}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import data
+from dnetc.runtime import data
 
 
 def test_digits_is_real_data_split_by_class():
@@ -173,7 +173,7 @@ def test_svhn_extra_and_the_validation_split(tmp_path):
     assert torch.equal(together, d.train.labels.sort().values)
     with pytest.raises(data.DataError, match="cannot hold 9"):
         data.load("svhn", tmp_path, extra=True, validation=9)
-    from runtime.train import resolve
+    from dnetc.runtime.train import resolve
 
     assert resolve("svhn", device="cpu").validation == 6000
 

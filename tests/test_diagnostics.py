@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import compiler
-import dsl
+from dnetc import compiler, dsl
 
 NET = "network a(depth = 100, growth = 12) {\n    input 3 x 32 x 32\n"
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from runtime import checkpoint
-from runtime.distributed import World
+from dnetc.runtime import checkpoint
+from dnetc.runtime.distributed import World
 
 from .conftest import run_cli, stop_after_first_epoch
 

@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-import compiler
-import dsl
+from dnetc import compiler, dsl
 
 from .conftest import ROOT
 
@@ -33,7 +32,7 @@ def test_there_are_examples():
 @pytest.mark.parametrize(
     ("doc", "table"),
     [("docs/performance.md", t) for t in ("memory-cpu", "memory-cpu-quick", "speed-cpu", "trainer-cpu", "fused-cpu")]
-    + [("README.md", "trainer-cpu")],
+    + [("docs/training.md", "trainer-cpu")],
 )
 def test_the_docs_show_the_benchmarks_as_measured(doc, table):
     page = (ROOT / doc).read_text()

@@ -9,8 +9,8 @@ from typing import ClassVar
 
 import pytest
 
-from runtime.data import DataError, dataset
-from runtime.download import fetch, files
+from dnetc.runtime.data import DataError, dataset
+from dnetc.runtime.download import fetch, files
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 MD5 = hashlib.md5(PAYLOAD).hexdigest()

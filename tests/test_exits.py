@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import compiler
-import dsl
-from compiler import report
-from compiler.emit import emit
-from runtime import anytime
-from runtime.tasks import TASKS, MultiExit
+from dnetc import compiler, dsl
+from dnetc.compiler import report
+from dnetc.compiler.emit import emit
+from dnetc.runtime import anytime
+from dnetc.runtime.tasks import TASKS, MultiExit
 
 from .test_families import _every_lowering_equals
 from .test_source import check_equal
@@ -93,7 +92,7 @@ def test_msdnet_equals_the_authors_layer_by_layer_rule():
 
 
 def test_summary_and_json_report_each_exit(capsys):
-    from runtime.cli import main
+    from dnetc.runtime.cli import main
 
     assert main(["msdnet", "--summary"]) == 0
     out = capsys.readouterr().out
@@ -159,7 +158,7 @@ def test_budgeted_thresholds_are_the_authors(share):
 
 
 def test_eval_prints_the_anytime_and_budgeted_tables(tmp_path, capsys):
-    from runtime.cli import main
+    from dnetc.runtime.cli import main
 
     sets = [x for k, v in SMALL_MSDNET.items() for x in ("--set", f"{k}={v}")]
     run = tmp_path / "run"

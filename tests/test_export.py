@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import compiler
-import dsl
-from compiler.emit import emit
-from compiler.export import onnx
+from dnetc import compiler, dsl
+from dnetc.compiler.emit import emit
+from dnetc.compiler.export import onnx
 
 from .test_exits import SMALL_MSDNET
 from .test_families import EVERYTHING, network

@@ -1,4 +1,4 @@
-"""The seams docs/extending.md names: a dataset, an optimizer and a memory lowering added there, and used."""
+"""The seams docs/architecture.md names: a dataset, an optimizer and a memory lowering added there, and used."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import tomllib
 
 import torch
 
-import runtime
-from runtime import data, datasets, optim
+from dnetc import runtime
+from dnetc.runtime import data, datasets, optim
 
 RINGS = """
 loader = "rings"
@@ -65,15 +65,14 @@ def test_an_optimizer_is_one_record(tmp_path, monkeypatch):
 
 def test_a_memory_lowering_is_one_record(monkeypatch, dnetc):
     """A lowering added as one record: the language, compile, the estimator, --summary and --memory know it."""
-    import compiler
-    import dsl
-    from compiler.estimate import estimate_all
-    from compiler.lowerings import LOWERINGS, Lowering
+    from dnetc import compiler, dsl
+    from dnetc.compiler.estimate import estimate_all
+    from dnetc.compiler.lowerings import LOWERINGS, Lowering
 
     concat = Lowering(
         "concat",
         "naive's block under another name",
-        "compiler.modules:DenseBlock",
+        "dnetc.compiler.modules:DenseBlock",
         keeps="all",
         scratch=(2, 2),
         dropout_masks=True,

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import compiler
-import dsl
-from compiler.emit import emit
-from compiler.lowerings import LOWERINGS
+from dnetc import compiler, dsl
+from dnetc.compiler.emit import emit
+from dnetc.compiler.lowerings import LOWERINGS
 from tests.test_memory import assert_same, step
 
 REFERENCE = json.loads((Path(__file__).parent / "reference.json").read_text())
@@ -208,7 +207,7 @@ def _every_lowering_equals(g, reference: torch.nn.Module, x: torch.Tensor) -> No
 
 
 def test_summary_says_which_blocks_run_naive(capsys):
-    from runtime.cli import main
+    from dnetc.runtime.cli import main
 
     assert main(["hardnet39ds", "--set", "size=64", "--summary", "--memory", "fused"]) == 0
     out = capsys.readouterr().out

@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
-from runtime import checkpoint, weights
-from runtime.cli import main
+from dnetc.runtime import checkpoint, weights
+from dnetc.runtime.cli import main
 
 from .conftest import bench
 
@@ -131,18 +131,48 @@ class Exploit:
 
 
 def test_a_checksummed_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path, capsys):
-    """A crafted file with a valid header and checksum still loads with weights_only: nothing runs."""
+    """A crafted file with a valid checksum (of format 3 and of format 2) still loads with weights_only:
+    nothing runs."""
+    import hashlib
+    import io
+
+    crafted = tmp_path / "crafted.pt"
+    checkpoint.save({"model": Exploit()}, crafted)
+    with pytest.raises(checkpoint.CheckpointError, match=r"crafted\.pt holds state that cannot be loaded safely"):
+        checkpoint.load(crafted)
+    buffer = io.BytesIO()
+    torch.save({"model": Exploit()}, buffer)
+    body = buffer.getvalue()
+    crafted.write_bytes(checkpoint.MAGIC_2 + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+    with pytest.raises(checkpoint.CheckpointError, match=r"crafted\.pt holds state that cannot be loaded safely"):
+        checkpoint.load(crafted)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_a_checkpoint_opens_with_plain_torch_load(tmp_path):
+    """torch.load(path, weights_only=True) reads a checkpoint as it is: the checksum is the zip's comment."""
+    checkpoint.save(state(5), tmp_path / "best.pt")
+    plain = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert torch.equal(plain["model"]["w"], state(5)["model"]["w"]) and plain["epoch"] == state(5)["epoch"]
+    assert checkpoint.is_checkpoint(tmp_path / "best.pt")
+
+
+def test_format_2_checkpoints_still_load(tmp_path):
+    """Checkpoints with the checksum in a header line before the torch bytes."""
     import hashlib
     import io
 
     buffer = io.BytesIO()
-    torch.save({"model": Exploit()}, buffer)
+    torch.save(state(6), buffer)
     body = buffer.getvalue()
-    crafted = tmp_path / "crafted.pt"
-    crafted.write_bytes(checkpoint.MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
-    with pytest.raises(checkpoint.CheckpointError, match=r"crafted\.pt holds state that cannot be loaded safely"):
-        checkpoint.load(crafted)
-    assert "pwned" not in capsys.readouterr().out
+    path = tmp_path / "two.pt"
+    path.write_bytes(checkpoint.MAGIC_2 + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+    assert checkpoint.is_checkpoint(path)
+    assert torch.equal(checkpoint.load(path)["model"]["w"], state(6)["model"]["w"])
+    assert torch.equal(weights.read(path)["w"], state(6)["model"]["w"])
+    path.write_bytes(checkpoint.MAGIC_2 + hashlib.sha256(body).hexdigest().encode() + b"\n" + body[:-1] + b"x")
+    with pytest.raises(checkpoint.CheckpointError, match="checksum does not match"):
+        checkpoint.load(path)
 
 
 def test_format_1_checkpoints_still_load(tmp_path):

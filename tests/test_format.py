@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dsl
-from dsl.format import comments, format_source, same_tree
-from dsl.syntax import parse_module
+from dnetc import dsl
+from dnetc.dsl.format import comments, format_source, same_tree
+from dnetc.dsl.syntax import parse_module
 
 from .conftest import ROOT, run_cli
 from .fuzzing import SOURCES, mutate
@@ -125,7 +125,7 @@ def test_fmt_check_rewrite_and_errors(tmp_path):
 
 def test_fmt_reads_standard_input():
     result = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "fmt", "-"], input=MESSY, capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "dnetc.runtime.cli", "fmt", "-"], input=MESSY, capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0 and result.stdout == CANONICAL
 

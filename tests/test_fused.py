@@ -14,11 +14,10 @@ import statistics
 import pytest
 import torch
 
-import compiler
-import dsl
-from compiler import kernels
-from compiler.emit import emit
-from compiler.fused import FusedDenseBlock, _Plan
+from dnetc import compiler, dsl
+from dnetc.compiler import kernels
+from dnetc.compiler.emit import emit
+from dnetc.compiler.fused import FusedDenseBlock, _Plan
 
 from .test_memory import REDUCED, assert_same, step
 
@@ -306,8 +305,8 @@ def test_choice_is_timed_once_per_shape_and_cached(monkeypatch, tmp_path):
 
 def test_the_trainer_trains_it_as_it_trains_naive(tmp_path):
     """Ten SGD steps with dropout through the trainer: the fused lowering's weights follow naive's."""
-    from runtime.launch import plan
-    from runtime.train import Trainer
+    from dnetc.runtime.launch import plan
+    from dnetc.runtime.train import Trainer
 
     weights = {}
     for memory in ("naive", "fused"):

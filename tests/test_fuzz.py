@@ -7,8 +7,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-import compiler
-import dsl
+from dnetc import compiler, dsl
 
 from .conftest import run_cli
 from .fuzzing import SOURCES, bounded, check, grammar_specs, mutate, mutate_bytes

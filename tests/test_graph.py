@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import compiler
-import dsl
+from dnetc import compiler, dsl
 
 
 @pytest.mark.parametrize("name", ["figure1", "densenet_40_12", "densenet_bc_100_12", "densenet121"])
@@ -63,7 +62,7 @@ def test_node_names_are_the_module_names():
 
 def test_counts_per_node_sum_to_totals_and_units():
     g = compiler.build_graph(dsl.load("densenet_bc_100_12"))
-    from compiler import report
+    from dnetc.compiler import report
 
     rows = report.units(g)
     assert sum(r["params"] for r in rows) == g.graph["params"] == 769_162

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from runtime import checkpoint
-from runtime.data import DataError, dataset, load
-from runtime.images import Files, Lighting, Raw, _collate_raw, on_device, scan, transforms
-from runtime.launch import plan
-from runtime.train import Trainer, resolve
+from dnetc.runtime import checkpoint
+from dnetc.runtime.data import DataError, dataset, load
+from dnetc.runtime.images import Files, Lighting, Raw, _collate_raw, on_device, scan, transforms
+from dnetc.runtime.launch import plan
+from dnetc.runtime.train import Trainer, resolve
 
 SMALL = ["--set", "blocks=[2,2]", "--set", "growth=8", "--set", "size=32"]
 
@@ -49,7 +49,7 @@ def test_transforms_are_the_papers():
 
 
 def test_imagenet_recipe_decays_at_epochs_31_and_61():
-    from runtime.optim import lr_at
+    from dnetc.runtime.optim import lr_at
 
     c = resolve("imagenet", device="cpu")
     assert (c.batch_size, c.epochs) == (256, 90)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import compiler
-import dsl
-from dsl import spec
+from dnetc import compiler, dsl
+from dnetc.dsl import spec
 
 FAMILY = """
 # a family written once

@@ -7,13 +7,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import compiler
-import dsl
-from compiler.emit import emit
-from compiler.estimate import estimate
-from compiler.lowerings import LOWERINGS as LOWERING_NAMES
-from compiler.memory import choose_lowering
-from compiler.modules import DenseLayer
+from dnetc import compiler, dsl
+from dnetc.compiler.emit import emit
+from dnetc.compiler.estimate import estimate
+from dnetc.compiler.lowerings import LOWERINGS as LOWERING_NAMES
+from dnetc.compiler.memory import choose_lowering
+from dnetc.compiler.modules import DenseLayer
 
 from .conftest import ZOO_DISTINCT
 from .fuzzing import BESIDE, CONNECTIVITIES, GENERATED_LAYERS, LAYER_CHOICES
@@ -264,11 +263,11 @@ def test_spec_setting_cli_and_auto(monkeypatch):
     assert compiler.compile(net, memory="shared").memory == "shared"
     g = compiler.build_graph(dsl.load("densenet_bc_100_12"))
     need = estimate(g, "naive", 64).training
-    monkeypatch.setattr("compiler.memory.available_memory", lambda device=None: 10 * need)
+    monkeypatch.setattr("dnetc.compiler.memory.available_memory", lambda device=None: 10 * need)
     assert choose_lowering(g, "auto", 64) == "naive"
-    monkeypatch.setattr("compiler.memory.available_memory", lambda device=None: need)
+    monkeypatch.setattr("dnetc.compiler.memory.available_memory", lambda device=None: need)
     assert choose_lowering(g, "auto", 64) == "fused"  # the next fastest, at shared's memory
-    monkeypatch.setattr("compiler.memory.available_memory", lambda device=None: 1)
+    monkeypatch.setattr("dnetc.compiler.memory.available_memory", lambda device=None: 1)
     least = min(LOWERING_NAMES, key=lambda x: estimate(g, x, 64).training)
     assert choose_lowering(g, "auto", 64) == least  # nothing fits: the least memory
     with pytest.raises(ValueError, match="memory must be one of"):

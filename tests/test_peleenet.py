@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import compiler
-import dsl
-from compiler.emit import emit
-from compiler.modules import StemBlock, TwoWayDenseLayer
+from dnetc import compiler, dsl
+from dnetc.compiler.emit import emit
+from dnetc.compiler.modules import StemBlock, TwoWayDenseLayer
 
 REFERENCE = json.loads((Path(__file__).parent / "reference.json").read_text())["peleenet"]
 

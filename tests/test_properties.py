@@ -8,8 +8,7 @@ import torchinfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import compiler
-import dsl
+from dnetc import compiler, dsl
 
 from .fuzzing import PIECES, specs
 

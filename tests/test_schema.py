@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-import compiler
-import dsl
+from dnetc import compiler, dsl
 
 jsonschema = pytest.importorskip("jsonschema")
 

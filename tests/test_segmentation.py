@@ -8,10 +8,9 @@ import re
 import pytest
 import torch
 
-import compiler
-import dsl
-from compiler.emit import emit
-from runtime.train import UsageError, check, resolve
+from dnetc import compiler, dsl
+from dnetc.compiler.emit import emit
+from dnetc.runtime.train import UsageError, check, resolve
 
 SMALL = ["--set", "down=[2,2]", "--set", "middle=2", "--set", "up=[2,2]", "--set", "growth=8", "--set", "first=16"]
 

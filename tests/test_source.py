@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import compiler
-import dsl
-from compiler.emit import emit
-from compiler.modules import DenseBlock
-from compiler.source import python_source
-from runtime import checkpoint
+from dnetc import compiler, dsl
+from dnetc.compiler.emit import emit
+from dnetc.compiler.modules import DenseBlock
+from dnetc.compiler.source import python_source
+from dnetc.runtime import checkpoint
 
 from .conftest import ZOO_DISTINCT
 from .test_memory import REDUCED, assert_same, reduced, step
@@ -115,7 +114,7 @@ def test_runs_of_layers_are_loops():
 def test_the_building_blocks_are_copied_as_defined():
     """Each block is defined once: the file holds compiler/modules.py's classes (and the checkpoint
     lowering's block) as written there, not a second version."""
-    from compiler import memory, modules
+    from dnetc.compiler import memory, modules
 
     text = python_source(compiler.build_graph(reduced("hardnet39ds")))
     for block in (modules.Layer, modules.DenseBlock, modules.DenseNet, modules.initialise, memory.CheckpointDenseBlock):

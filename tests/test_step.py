@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime import optim
-from runtime.config import resolve
-from runtime.launch import plan
-from runtime.step import WINDOW, Meter, module_refusal
-from runtime.train import Trainer
+from dnetc.runtime import optim
+from dnetc.runtime.config import resolve
+from dnetc.runtime.launch import plan
+from dnetc.runtime.step import WINDOW, Meter, module_refusal
+from dnetc.runtime.train import Trainer
 
 
 def test_the_meter_sums_on_the_device_and_keeps_the_first_bad_step():
@@ -79,7 +79,7 @@ def _trainer(tmp_path, **flags) -> Trainer:
 
 
 def test_putting_the_warm_up_back_restores_every_tensor_in_place(tmp_path):
-    """runtime.step's capture warms up with real steps, then puts every tensor back where the graph
+    """dnetc.runtime.step's capture warms up with real steps, then puts every tensor back where the graph
     will find it: parameters, buffers, the optimizer's state (zeroed where it is new), the EMA, the
     meter. Checked here on the CPU, where the same code runs without the graph."""
     t = _trainer(tmp_path, ema=0.9)
@@ -130,7 +130,7 @@ def test_each_lowering_says_whether_a_cuda_graph_can_capture_it():
     """The shared lowering replays dropout from a saved RNG state (no graph can hold it) and says so;
     checkpointing stashes no RNG state (its recomputed segments draw none) and fused keeps its masks,
     so they can be captured."""
-    import compiler
+    from dnetc import compiler
 
     cases = [("shared", 0.2, True), ("shared", 0.0, False), ("checkpoint", 0.2, False), ("fused", 0.2, False)]
     for memory, dropout, refused in cases:

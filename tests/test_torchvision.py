@@ -7,7 +7,7 @@ import torch
 
 torchvision = pytest.importorskip("torchvision")
 
-import compiler  # noqa: E402
+from dnetc import compiler  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["densenet121", "densenet161", "densenet169", "densenet201"])

@@ -8,11 +8,11 @@ import os
 import pytest
 import torch
 
-import dsl
-from runtime import checkpoint
-from runtime.launch import bind, plan
-from runtime.optim import lr_at
-from runtime.train import Trainer, TrainingError, resolve
+from dnetc import dsl
+from dnetc.runtime import checkpoint
+from dnetc.runtime.launch import bind, plan
+from dnetc.runtime.optim import lr_at
+from dnetc.runtime.train import Trainer, TrainingError, resolve
 
 from .conftest import run_cli, stop_after_first_epoch
 
@@ -283,7 +283,7 @@ def test_adamw_and_an_ema_resume_exactly_and_the_ema_is_what_is_evaluated(tmp_pa
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     assert a["inference"] == "ema" and not torch.equal(a["ema"]["classifier.weight"], a["model"]["classifier.weight"])
     # what the run reported is the average's error, and --eval and --weights read the average
-    from runtime.weights import read
+    from dnetc.runtime.weights import read
 
     assert torch.equal(
         read(tmp_path / "whole" / "checkpoints" / "latest.pt")["classifier.weight"], a["ema"]["classifier.weight"]

@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 
-import compiler
-import dsl
-from compiler import viz
+from dnetc import compiler, dsl
+from dnetc.compiler import viz
 
 
 def edges(dot) -> set[tuple[str, str]]:

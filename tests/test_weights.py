@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
-import compiler
-from runtime import checkpoint
-from runtime.weights import WeightsError, load_into, read
+from dnetc import compiler
+from dnetc.runtime import checkpoint
+from dnetc.runtime.weights import WeightsError, load_into, read
 
 torchvision = pytest.importorskip("torchvision")
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 import torchinfo
 
-import compiler
-import dsl
-from compiler import report
+from dnetc import compiler, dsl
+from dnetc.compiler import report
 
 from .conftest import ZOO_DISTINCT
 
@@ -93,7 +92,7 @@ def test_timm_itself_agrees():
     timm = pytest.importorskip("timm")
     from timm.layers import BlurPool2d
 
-    from compiler.modules import BlurPool
+    from dnetc.compiler.modules import BlurPool
 
     for name, params in TIMM.items():
         assert sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters()) == params
@@ -121,8 +120,8 @@ def test_graph_counts_equal_torchinfo(name):
             assert sum(p.numel() for p in model.features.get_submodule(unit).parameters()) == params
 
 
-def test_readme_zoo_table_is_the_tools_output():
-    readme = (ROOT / "README.md").read_text()
-    table = re.search(r"<!-- zoo:start -->\n(.*?)\n<!-- zoo:end -->", readme, re.S)
-    assert table, "README.md has no zoo table between <!-- zoo:start --> and <!-- zoo:end -->"
+def test_the_zoo_page_table_is_the_tools_output():
+    page = (ROOT / "docs" / "zoo.md").read_text()
+    table = re.search(r"<!-- zoo:start -->\n(.*?)\n<!-- zoo:end -->", page, re.S)
+    assert table, "docs/zoo.md has no zoo table between <!-- zoo:start --> and <!-- zoo:end -->"
     assert table.group(1).strip() == report.zoo_table([graph(n) for n in ZOO]).strip()
