@@ -206,6 +206,7 @@ def emit(g: nx.DiGraph, memory: str = "naive") -> nn.Module:
     model = DenseNet(features, head, classifier, exits if g.graph["exits"] else None)
     model.memory = memory
     model.feature_info = feature_taps(g)
+    model.graph_ir = g  # what the network was compiled from: its notebook display reads it
     initialise(model)
     return model
 

@@ -192,5 +192,12 @@ def _last_layer(g: nx.DiGraph, unit: str) -> str:
     return f"denselayer{g.graph['units'][unit]['layers']}"
 
 
+def saved_by_unit(
+    g: nx.DiGraph, lowering: str, batch: int = 64, dtype: str = "float32", device: str = "cpu"
+) -> dict[str, int]:
+    """The bytes each part of the network holds for the backward pass under a lowering."""
+    return _saved_by_unit(g, lowering, batch, DTYPE_BYTES[dtype], device)
+
+
 def estimate_all(g: nx.DiGraph, batch: int = 64, dtype: str = "float32", device: str = "cpu") -> dict[str, Estimate]:
     return {lowering: estimate(g, lowering, batch, dtype, device) for lowering in LOWERINGS}

@@ -470,6 +470,12 @@ class DenseNet(nn.Module):
         scores.append(self.forward_head(self.features.walk(x, tap)))
         return torch.stack(scores)
 
+    def _repr_html_(self) -> str | None:
+        """In a notebook, a compiled network shows its graph's diagram and table (the standalone
+        source's network, which has no graph, shows as any module)."""
+        graph = self.__dict__.get("graph_ir")
+        return graph._repr_html_() if graph is not None else None
+
     def get_classifier(self) -> nn.Module | None:
         return self.classifier
 

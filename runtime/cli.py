@@ -41,6 +41,7 @@ examples:
   dnetc zoo                                  the model zoo with params and MACs
   dnetc fmt [--check] FILES                  lay .dnet files out canonically
   dnetc schema                               the JSON Schema of a validated spec
+  dnetc lsp                                  the language server for editors, over stdio
 
 SPEC is a .dnet file, the name of a zoo model, or a .safetensors file that dnetc wrote.
 The language is taught in docs/language.md.
@@ -242,7 +243,13 @@ def schema_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"zoo": zoo_command, "schema": schema_command}
+def lsp_command(argv: Sequence[str]) -> int:
+    from dnetc.runtime.lsp import main as serve
+
+    return serve(list(argv))
+
+
+COMMANDS = {"zoo": zoo_command, "schema": schema_command, "lsp": lsp_command}
 
 
 def usage_error(message: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,15 @@ def load_into(
     def kept(key: str) -> bool:
         return not any(key == r or key.startswith(r + ".") for r in reset)
 
-    own = {k: v for k, v in model.state_dict().items() if kept(k)}
+    everything = model.state_dict()
+    if set(state) != set(everything) and (renamed := by_position(everything, state, reset)) is not None:
+        print(
+            f"note: {where} names its tensors as another tool does; loaded by position, all "
+            f"{len(renamed):,} shapes matching",
+            file=sys.stderr,
+        )
+        state = renamed
+    own = {k: v for k, v in everything.items() if kept(k)}
     given = {k: v for k, v in state.items() if kept(k)}
     missing = [k for k in own if k not in given]
     unexpected = [k for k in given if k not in own]
@@ -124,6 +133,30 @@ def load_into(
         raise WeightsError(_mismatch(where, name, own, given, missing, unexpected, shapes, reset))
     model.load_state_dict(given, strict=False)
     return len(given)
+
+
+def by_position(
+    own: Mapping[str, Tensor], given: Mapping[str, Tensor], reset: Iterable[str] = ()
+) -> dict[str, Tensor] | None:
+    """Another tool's state_dict of the same network under its own names (timm's VoVNet and DPN): the
+    tensors taken in order, when there are as many and every shape matches (a 1x1 conv's weight
+    standing for a linear layer's, as timm's DPN classifier); else None. The `reset` modules' shapes
+    may differ (another class count). A torch file keeps the order of its state_dict; a safetensors
+    file sorts its names, so this seldom applies to one (its shapes then do not match in order)."""
+    if len(own) != len(given):
+        return None
+    reset = tuple(reset)
+    out: dict[str, Tensor] = {}
+    for (key, mine), theirs in zip(own.items(), given.values(), strict=True):
+        if any(key == r or key.startswith(r + ".") for r in reset):
+            out[key] = mine
+        elif theirs.shape == mine.shape:
+            out[key] = theirs
+        elif theirs.numel() == mine.numel() and tuple(theirs.shape[: mine.dim()]) == tuple(mine.shape):
+            out[key] = theirs.reshape(mine.shape)  # (out, in, 1, 1) for (out, in)
+        else:
+            return None
+    return out
 
 
 def _mismatch(

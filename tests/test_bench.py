@@ -87,3 +87,12 @@ def test_graphs_and_decode_benchmarks_dry_run(tmp_path):
     result = json.loads((tmp_path / "decode-cpu.json").read_text())
     assert result["per_core"] > 0 and result["reading_per_core"] > result["per_core"]
     assert result["device_vs_workers_within_one_level"] > 0.99
+
+
+def test_language_server_benchmark_runs_in_process_and_over_stdio(tmp_path):
+    """bench/lsp.py on one family, one edit (docs/editor.md's figures come from the whole zoo)."""
+    bench("lsp.py", "--repeats", "1", "--files", "densenet_bc", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "lsp-cpu.json").read_text())
+    (row,) = result["rows"]
+    assert row["file"] == "densenet_bc.dnet" and row["nodes"] > 100 and row["hovers"] >= 5
+    assert result["over_stdio"]["edit_to_diagnostics_ms"]["median"] > 0

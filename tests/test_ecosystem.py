@@ -269,7 +269,27 @@ def test_a_graph_shows_its_table_and_diagram_in_a_notebook():
 
     g = compiler.build_graph(dsl.load("densenet_bc_100_12"))
     shown = g._repr_html_()
+    assert compiler.compile(g)._repr_html_() == shown  # the compiled network shows its graph
     assert "769,162 params" in shown and "denseblock3" in shown
     assert (g._repr_svg_() is not None) == (shutil.which("dot") is not None)
     if shutil.which("dot"):
         assert "<svg" in shown
+
+
+@pytest.mark.parametrize("name", ["vovnet39a", "dpn68"])
+def test_timms_own_weights_load_by_position_and_give_timms_outputs(name, tmp_path):
+    """A timm model's state_dict file, under timm's names, loads into dnetc's network of the same name
+    (mapped by position, every shape matching) and gives timm's outputs."""
+    timm = pytest.importorskip("timm")
+
+    from dnetc.runtime import weights
+
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False).eval()
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = compiler.compile(name).eval()
+    weights.load_into(model, path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-4)
