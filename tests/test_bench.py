@@ -9,7 +9,7 @@ from .test_memory import ROUNDS_DIFFERENTLY
 
 
 def test_gpu_benchmark_dry_run(tmp_path):
-    bench("gpu.py", "--device", "cpu", "--steps", "1", "--batch", "4", "--out", str(tmp_path))
+    bench("gpu.py", "--device", "cpu", "--steps", "1", "--batch", "4", "--compare-batch", "1", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "gpu-cpu.json").read_text())["rows"]
     assert [row["config"] for row in rows] == [
         "fp32, naive",
