@@ -59,9 +59,15 @@ class _Copier:
         self.needed: dict[tuple[str, str], ast.stmt] = {}  # (module, name) -> its definition
         self.imports: set[tuple[str, str | None, str]] = set()  # (module, name or None, bound as)
         self.after: dict[str, set[str]] = {}  # module -> the modules its copied definitions need
+        self.tops: dict[str, tuple[dict[str, ast.stmt], dict[str, list[ast.stmt]]]] = {}
 
     def _top(self, module: str) -> tuple[dict[str, ast.stmt], dict[str, list[ast.stmt]]]:
-        """A module's top-level definitions and imports, by the name each binds."""
+        """A module's top-level definitions and imports, by the name each binds (read once a module)."""
+        if module not in self.tops:
+            self.tops[module] = self._read_top(module)
+        return self.tops[module]
+
+    def _read_top(self, module: str) -> tuple[dict[str, ast.stmt], dict[str, list[ast.stmt]]]:
         definitions, imports = {}, {}
         for node in self.trees[module].body:
             if isinstance(node, ast.ClassDef | ast.FunctionDef):

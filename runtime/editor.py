@@ -131,10 +131,11 @@ class Document:
         if self.graph is None:
             return []
         lines = range(span.line, (span.end_line or span.line) + 1)
+        here = Path(self.path).name
         units = {
             d["unit"]
             for _, d in self.graph.nodes(data=True)
-            if d["span"] is not None and Path(d["span"].file).name == Path(self.path).name and d["span"].line in lines
+            if d["span"] is not None and d["span"].line in lines and Path(d["span"].file).name == here
         }
         return [row for row in self._rows() if row["name"] in units]
 

@@ -19,6 +19,7 @@ from dnetc.dsl.errors import Span
 
 from . import version
 from .editor import Document, Settings
+from .editor import _range as editor_range
 
 server = LanguageServer("dnetc", version())
 documents: dict[str, Document] = {}
@@ -47,9 +48,7 @@ def _range(r: tuple[tuple[int, int], tuple[int, int]]) -> types.Range:
 
 
 def _span_range(span: Span) -> types.Range:
-    from .editor import _range as span_range
-
-    return _range(span_range(span))
+    return _range(editor_range(span))
 
 
 def document(uri: str) -> Document:

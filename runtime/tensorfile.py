@@ -64,20 +64,32 @@ def write(model: Any, network: dsl_spec.Network, overrides: list[str], path: str
 
 
 def read(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """A safetensors file's tensors and metadata (safetensors runs no code: it holds only tensors)."""
+    """A safetensors file's tensors and metadata (safetensors runs no code: it holds only tensors), the
+    weights' SHA-256 checked against a dnetc file's metadata."""
+    state, metadata = _open(path, tensors=True)
+    if metadata.get("dnetc") == FORMAT and digest(state) != metadata.get("dnetc.sha256"):
+        raise TensorFileError(f"{path} is corrupt: its weights' SHA-256 does not match its metadata")
+    return state, metadata
+
+
+def metadata(path: str | Path) -> dict[str, str]:
+    """A safetensors file's metadata alone: its header, no tensor read (they are read, and checked, with
+    the weights)."""
+    return _open(path, tensors=False)[1]
+
+
+def _open(path: str | Path, tensors: bool) -> tuple[dict[str, Tensor], dict[str, str]]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iteration
+            header = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 - no iteration
     except FileNotFoundError:
         raise TensorFileError(f"no weights file at {path}") from None
     except Exception as e:
         raise TensorFileError(f"{path} is not a readable safetensors file: {e}") from None
-    if metadata.get("dnetc") == FORMAT and digest(state) != metadata.get("dnetc.sha256"):
-        raise TensorFileError(f"{path} is corrupt: its weights' SHA-256 does not match its metadata")
-    return state, metadata
+    return state, header
 
 
 def load_spec(spec: str | Path, overrides: Mapping[str, Any] | None = None, /, **extra: Any) -> dsl_spec.Network:
@@ -87,15 +99,15 @@ def load_spec(spec: str | Path, overrides: Mapping[str, Any] | None = None, /, *
 
     if not is_tensorfile(spec):
         return dsl.load(spec, overrides, **extra)
-    _, metadata = read(spec)
-    if metadata.get("dnetc") != FORMAT:
+    header = metadata(spec)
+    if header.get("dnetc") != FORMAT:
         raise TensorFileError(
             f"{spec} holds weights but no dnetc network (another tool wrote it): give a spec, "
             f"and the file with --weights {spec}"
         )
     try:
-        files, main = json.loads(metadata["dnetc.specs"]), metadata["dnetc.main"]
-        recorded = dsl.parse_overrides(json.loads(metadata["dnetc.overrides"]))
+        files, main = json.loads(header["dnetc.specs"]), header["dnetc.main"]
+        recorded = dsl.parse_overrides(json.loads(header["dnetc.overrides"]))
     except (KeyError, ValueError, dsl.DnetError) as e:
         raise TensorFileError(f"{spec} has damaged dnetc metadata ({e})") from None
     return dsl.load_bundle(files, main, {**recorded, **(overrides or {})}, **extra)
@@ -103,13 +115,12 @@ def load_spec(spec: str | Path, overrides: Mapping[str, Any] | None = None, /, *
 
 def recorded_overrides(path: str | Path) -> list[str]:
     """The `--set` overrides a dnetc safetensors file was written with."""
-    return list(json.loads(read(path)[1].get("dnetc.overrides", "[]")))
+    return list(json.loads(metadata(path).get("dnetc.overrides", "[]")))
 
 
 def check(path: str | Path, g: Any) -> None:
     """The rebuilt network's parameter count is the one the file recorded."""
-    _, metadata = read(path)
-    recorded = metadata.get("dnetc.parameters")
+    recorded = metadata(path).get("dnetc.parameters")
     if recorded is not None and int(recorded) != g.graph["params"]:
         raise TensorFileError(
             f"{path} recorded {int(recorded):,} parameters but its spec now builds {g.graph['params']:,}"
