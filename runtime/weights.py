@@ -13,7 +13,10 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,55 @@ MAX_ROWS = 24
 
 class WeightsError(Exception):
     """A weights file that cannot be read, or does not fit the network."""
+
+
+_LAYOUTS = tomllib.loads(resources.files(__package__).joinpath("layouts.toml").read_text(encoding="utf-8"))
+TENSORS: list[str] = _LAYOUTS["torch"]["order"]  # a module's own tensors, as torch registers them
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The order in which another tool registers a network's tensors (an entry of layouts.toml)."""
+
+    key: str
+    name: str  # timm's VoVNet
+    tool: str  # timm, or where the code is
+    models: tuple[str, ...]  # the tool's models that it holds for
+    rank: Mapping[str, int]  # a part's name (or `parent.part`, or a tensor's) -> its place among siblings
+
+    @property
+    def parts(self) -> set[str]:
+        """The names of module parts it ranks: a file sharing more of them is more likely the tool's."""
+        return {name.rpartition(".")[2] for name in self.rank} - set(TENSORS)
+
+    def sort(self, keys: Iterable[str]) -> list[str]:
+        """The names in the order the tool's state_dict gives them."""
+
+        def place(key: str) -> tuple:
+            parts = key.split(".")
+            return tuple(self._place(parts[i - 1] if i else "", part) for i, part in enumerate(parts))
+
+        return sorted(keys, key=place)
+
+    def _place(self, parent: str, part: str) -> tuple:
+        """A part's place among its siblings: ranked as `parent.part`, or as `part`, or by its name."""
+        for name in (f"{parent}.{part}", part):
+            if name in self.rank:
+                return (0, self.rank[name])
+        return (1, _natural(part))
+
+
+def _natural(part: str) -> tuple:
+    """`conv5_12` as ("conv", 5, "_", 12): its numbers compared as numbers."""
+    return tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.findall(r"\d+|\D+", part))
+
+
+# Other tools' layouts, for files that sort their names (safetensors): runtime/layouts.toml
+LAYOUTS: dict[str, Layout] = {
+    key: Layout(key, e["name"], e["tool"], tuple(e["models"]), {n: i for i, n in enumerate([*e["order"], *TENSORS])})
+    for key, e in _LAYOUTS.items()
+    if key != "torch"
+}
 
 
 def read(path: str | Path) -> dict[str, Tensor]:
@@ -117,13 +169,13 @@ def load_into(
         return not any(key == r or key.startswith(r + ".") for r in reset)
 
     everything = model.state_dict()
-    if set(state) != set(everything) and (renamed := by_position(everything, state, reset)) is not None:
+    if set(state) != set(everything) and (found := renamed(everything, state, reset)) is not None:
+        state, how = found
         print(
-            f"note: {where} names its tensors as another tool does; loaded by position, all "
-            f"{len(renamed):,} shapes matching",
+            f"note: {where} names its tensors as another tool does; loaded by position in {how}, all "
+            f"{len(state):,} shapes matching",
             file=sys.stderr,
         )
-        state = renamed
     own = {k: v for k, v in everything.items() if kept(k)}
     given = {k: v for k, v in state.items() if kept(k)}
     missing = [k for k in own if k not in given]
@@ -135,14 +187,29 @@ def load_into(
     return len(given)
 
 
+def renamed(
+    own: Mapping[str, Tensor], given: Mapping[str, Tensor], reset: Iterable[str] = ()
+) -> tuple[dict[str, Tensor], str] | None:
+    """Another tool's state_dict of the same network under its own names, under ours, and the order
+    that fitted: the file's own (a torch file keeps its state_dict's), else a known tool's (a
+    safetensors file sorts its names; runtime/layouts.toml). None if no order fits."""
+    reset = tuple(reset)
+    if (state := by_position(own, given, reset)) is not None:
+        return state, "the file's own order"
+    parts = {part for key in given for part in key.split(".")}
+    for layout in sorted(LAYOUTS.values(), key=lambda layout: -len(parts & layout.parts)):
+        ordered = {key: given[key] for key in layout.sort(given)}
+        if (state := by_position(own, ordered, reset)) is not None:
+            return state, f"the order of {layout.name}"
+    return None
+
+
 def by_position(
     own: Mapping[str, Tensor], given: Mapping[str, Tensor], reset: Iterable[str] = ()
 ) -> dict[str, Tensor] | None:
-    """Another tool's state_dict of the same network under its own names (timm's VoVNet and DPN): the
-    tensors taken in order, when there are as many and every shape matches (a 1x1 conv's weight
-    standing for a linear layer's, as timm's DPN classifier); else None. The `reset` modules' shapes
-    may differ (another class count). A torch file keeps the order of its state_dict; a safetensors
-    file sorts its names, so this seldom applies to one (its shapes then do not match in order)."""
+    """The tensors of `given` under the names of `own`, taken in order, when there are as many and
+    every shape matches (a 1x1 conv's weight standing for a linear layer's, as timm's DPN
+    classifier); else None. The `reset` modules' shapes may differ (another class count)."""
     if len(own) != len(given):
         return None
     reset = tuple(reset)

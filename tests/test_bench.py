@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from .conftest import bench
 from .test_memory import ROUNDS_DIFFERENTLY
 
@@ -96,3 +98,14 @@ def test_language_server_benchmark_runs_in_process_and_over_stdio(tmp_path):
     (row,) = result["rows"]
     assert row["file"] == "densenet_bc.dnet" and row["nodes"] > 100 and row["hovers"] >= 5
     assert result["over_stdio"]["edit_to_diagnostics_ms"]["median"] > 0
+
+
+def test_weights_benchmark_loads_a_timm_model_both_ways(tmp_path):
+    pytest.importorskip("timm")
+    bench("weights.py", "--models", "ese_vovnet19b_dw", "--size", "32", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "weights-cpu.json").read_text())["results"]
+    assert [(r["file"], r["mapped"]) for r in rows] == [
+        ("pth", "the file's own order"),
+        ("safetensors", "the order of timm's VoVNet"),
+    ]
+    assert all(r["diff"] < 1e-4 for r in rows)

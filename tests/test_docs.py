@@ -32,7 +32,7 @@ def test_there_are_examples():
 @pytest.mark.parametrize(
     ("doc", "table"),
     [("docs/performance.md", t) for t in ("memory-cpu", "memory-cpu-quick", "speed-cpu", "trainer-cpu", "fused-cpu")]
-    + [("docs/training.md", "trainer-cpu"), ("docs/editor.md", "lsp-cpu")],
+    + [("docs/training.md", "trainer-cpu"), ("docs/editor.md", "lsp-cpu"), ("docs/ecosystem.md", "weights-cpu")],
 )
 def test_the_docs_show_the_benchmarks_as_measured(doc, table):
     page = (ROOT / doc).read_text()

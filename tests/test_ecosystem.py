@@ -276,20 +276,58 @@ def test_a_graph_shows_its_table_and_diagram_in_a_notebook():
         assert "<svg" in shown
 
 
-@pytest.mark.parametrize("name", ["vovnet39a", "dpn68"])
-def test_timms_own_weights_load_by_position_and_give_timms_outputs(name, tmp_path):
-    """A timm model's state_dict file, under timm's names, loads into dnetc's network of the same name
-    (mapped by position, every shape matching) and gives timm's outputs."""
+@pytest.mark.parametrize(
+    ("name", "kind"), [("vovnet39a", "pth"), ("dpn68", "safetensors"), ("ese_vovnet19b_dw", "safetensors")]
+)
+def test_timms_own_weights_load_by_position_and_give_timms_outputs(name, kind, tmp_path, capsys):
+    """A timm model's weights under timm's names load into dnetc's network of the same name and give
+    timm's outputs: from a torch file in its own order, from a safetensors file (names sorted) in the
+    order layouts.toml restores."""
     timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
 
     from dnetc.runtime import weights
 
     torch.manual_seed(0)
     reference = timm.create_model(name, pretrained=False).eval()
-    path = tmp_path / f"{name}.pth"
-    torch.save(reference.state_dict(), path)
+    path = tmp_path / f"{name}.{kind}"
+    if kind == "pth":
+        torch.save(reference.state_dict(), path)
+    else:
+        save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
     model = compiler.compile(name).eval()
     weights.load_into(model, path)
+    order = "the file's own order" if kind == "pth" else "the order of timm's"
+    assert order in capsys.readouterr().err
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), reference(x), atol=1e-4)
+
+
+def test_layouts_give_the_order_of_each_tools_state_dict():
+    """Sorting the names of a tool's state_dict by its layout gives the state_dict's own order, for every
+    model each timm layout names (each also in dnetc's zoo) and for the HarDNet paper's code (its names
+    recorded); the layout sharing most names is chosen; what no layout fits is refused whole."""
+    timm = pytest.importorskip("timm")
+
+    from dnetc.runtime import weights
+
+    assert all(set(layout.models) <= set(dsl.zoo_names()) for layout in weights.LAYOUTS.values())
+    for layout in weights.LAYOUTS.values():
+        for name in layout.models if layout.tool == "timm" else ():
+            with torch.device("meta"):
+                keys = list(timm.create_model(name, pretrained=False).state_dict())
+            assert layout.sort(sorted(keys)) == keys, name
+    recorded = json.loads((Path(__file__).parent / "pingolh_hardnet.json").read_text())  # the paper's code's names
+    for name in ("hardnet68", "hardnet39ds"):
+        theirs = {key: torch.empty(shape, device="meta") for key, shape in recorded[name]}
+        assert weights.LAYOUTS["pingolh-hardnet"].sort(sorted(theirs)) == list(theirs), name
+        own = compiler.compile(name).state_dict()
+        state, how = weights.renamed(own, dict(sorted(theirs.items())))
+        assert how == "the order of PingoLH's HarDNet" and list(state) == list(own)
+    own = compiler.compile("ese_vovnet19b_dw").state_dict()
+    with torch.device("meta"):
+        theirs = timm.create_model("ese_vovnet19b_dw", pretrained=False).state_dict()
+    # names no layout knows, in an order that is not the network's: nothing fits
+    unknown = {f"tensor{i}": v for i, (_, v) in enumerate(sorted(theirs.items(), key=lambda kv: kv[0][::-1]))}
+    assert weights.renamed(own, unknown) is None
