@@ -13,8 +13,6 @@ weights); its `hardnet.py` is imported from there, never copied.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 import tempfile
@@ -80,15 +78,14 @@ def compare(build: Callable[[], torch.nn.Module], name: str, size: int, folder: 
         else:
             save_file({k: v.contiguous() for k, v in state.items()}, path)
         model = compiler.compile(name).eval()
-        said = io.StringIO()
         try:
-            with contextlib.redirect_stderr(said):
-                count = weights.load_into(model, path)
+            given = weights.read(path)
+            found = weights.renamed(model.state_dict(), given) if set(given) != set(model.state_dict()) else None
+            mapped, given = (found[1], found[0]) if found else ("by name", given)
+            count = weights.load_into(model, given)
         except weights.WeightsError as e:
             rows.append({"file": kind, "tensors": len(state), "mapped": "refused", "diff": None, "why": str(e)[:200]})
             continue
-        note = said.getvalue()
-        mapped = note.split("loaded by position in ")[1].split(",")[0] if "by position" in note else "by name"
         with torch.no_grad():
             diff = (model(x) - expected).abs().max().item()
         rows.append({"file": kind, "tensors": count, "mapped": mapped, "diff": diff})
